@@ -1,0 +1,89 @@
+"""AMQP publishing gateway: the Flask app factory.
+
+``create_app()`` is the one place the app is assembled: it reads the settings
+(or takes the ones a test passes), sets up logging with secrets masked,
+builds the worker's :class:`~app.gateway.Gateway` and registers the routes
+and the one error handler. It runs inside a gunicorn worker, after gevent's
+monkey-patching; the pools connect in background greenlets, so the app
+answers ``/healthz`` at once even with no broker reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from app import logs
+from app.config import Settings, load_settings
+from app.errors import GatewayError, MethodNotAllowed, NotFound, Unavailable
+from app.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask:
+    """Build the WSGI app; ``start=False`` leaves the pools unopened (tests)."""
+    settings = settings or load_settings()
+    logs.configure(settings.log_level)
+    logs.register_secrets(settings.secrets())
+    log.info("configuration loaded", extra={"event": "config", "config": settings.describe()})
+
+    app = Flask(__name__)
+    gateway = Gateway(settings)
+    app.extensions["gateway"] = gateway
+
+    from app import routes
+
+    app.register_blueprint(routes.bp)
+    app.register_error_handler(GatewayError, _error_response)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    if start:
+        gateway.start()
+    return app
+
+
+def shutdown(app: Flask, timeout: float = 2.0) -> None:
+    """Close the worker's AMQP connections cleanly (gunicorn's worker_exit)."""
+    gateway = app.extensions.get("gateway")
+    if gateway is not None:
+        gateway.close(timeout)
+        log.info("connections closed", extra={"event": "shutdown"})
+
+
+def _error_response(exc: GatewayError) -> Response:
+    """The one JSON shape of every error answer."""
+    response = Response(json.dumps(exc.to_json()) + "\n", exc.status, content_type="application/json")
+    if isinstance(exc, Unavailable):
+        response.headers["Retry-After"] = str(_retry_after())
+    if isinstance(exc, MethodNotAllowed) and exc.allow:
+        response.headers["Allow"] = ", ".join(exc.allow)
+    if exc.status == 413:
+        response.headers["Connection"] = "close"  # the unread body is not worth draining
+    return response
+
+
+def _retry_after() -> int:
+    from flask import current_app
+
+    return current_app.extensions["gateway"].settings.retry_after
+
+
+def _http_error(exc: HTTPException) -> Response:
+    # Werkzeug's routing errors (404, 405, ...) in the same JSON shape.
+    if exc.code == 404:
+        return _error_response(NotFound("no such route"))
+    if exc.code == 405:
+        allow = tuple(exc.valid_methods or ()) if hasattr(exc, "valid_methods") else ()
+        return _error_response(MethodNotAllowed("method not allowed for this route", allow=allow))
+    error = GatewayError(exc.description or exc.name)
+    error.status = exc.code or 500
+    error.code = (exc.name or "error").lower().replace(" ", "_")
+    return _error_response(error)
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    log.exception("unexpected error while answering a request", extra={"event": "internal_error"})
+    return _error_response(GatewayError("internal error; see the gateway's log"))

@@ -1,0 +1,343 @@
+"""One AMQP connection to one RabbitMQ server, publishing with confirms.
+
+Built on pika's gevent adapter: the connection's socket is driven by the gevent
+hub, so heartbeats are answered even while the connection sits idle in a pool,
+and the callbacks below run in the hub (they never block). A caller that holds
+the connection publishes a *batch*: every message goes out at once and the
+broker's acks (often ``multiple=True``) are mapped back by delivery tag, so a
+batch costs one round trip, not one per message.
+
+Outcome of each message: ``None`` (the broker confirmed it), :class:`Unroutable`
+(returned, then acked), :class:`PublishNacked`, :class:`ConfirmTimeout`, or
+:class:`ConnectionLost` (not confirmed; the caller may retry elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import gevent
+import pika
+import pika.exceptions
+from gevent.event import AsyncResult, Event
+from pika import spec
+from pika.adapters.gevent_connection import GeventConnection
+
+from app.config import BrokerAddress, Settings
+from app.errors import (
+    BrokerBlocked,
+    ConfirmTimeout,
+    ConnectionLost,
+    GatewayError,
+    PublishNacked,
+    Unroutable,
+    describe_exception,
+)
+
+log = logging.getLogger(__name__)
+
+Message = tuple[str, bytes]  # (queue, body)
+Outcome = GatewayError | None
+
+# Message ids are "<process>.<connection>.<delivery tag>": unique across
+# workers and restarts, cheap to make, and they lead a basic.return back to
+# its pending message without a second index.
+_PROCESS_TAG = os.urandom(4).hex()
+_connection_seq = itertools.count(1)
+
+
+def connection_parameters(address: BrokerAddress, settings: Settings, name: str) -> pika.ConnectionParameters:
+    """pika parameters for one broker, with our timeouts and a readable connection name."""
+    ssl_options = None
+    if address.tls:
+        context = ssl.create_default_context(cafile=address.cacertfile)
+        if address.certfile:
+            context.load_cert_chain(address.certfile, address.keyfile)
+        if not address.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        ssl_options = pika.SSLOptions(context, address.server_name or address.host)
+    return pika.ConnectionParameters(
+        host=address.host,
+        port=address.port,
+        virtual_host=address.vhost,
+        credentials=pika.PlainCredentials(address.username, address.password),
+        heartbeat=address.heartbeat if address.heartbeat is not None else settings.heartbeat,
+        connection_attempts=1,
+        socket_timeout=settings.connect_timeout,
+        stack_timeout=settings.connect_timeout,
+        ssl_options=ssl_options,
+        client_properties={"connection_name": name, "product": "amqp-publish-gateway"},
+    )
+
+
+class _Batch:
+    """The outcomes of one publish_batch call and the event that says all are in."""
+
+    __slots__ = ("done", "outcomes", "remaining")
+
+    def __init__(self, size: int):
+        self.outcomes: list[Outcome] = [None] * size
+        self.remaining = size
+        self.done = Event()
+
+    def settle(self, index: int, outcome: Outcome) -> None:
+        self.outcomes[index] = outcome
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.done.set()
+
+
+class _Pending:
+    __slots__ = ("batch", "index", "returned")
+
+    def __init__(self, batch: _Batch, index: int):
+        self.batch = batch
+        self.index = index
+        self.returned = False
+
+
+class BrokerConnection:
+    """An open connection with one confirm-mode channel; used by one holder at a time."""
+
+    def __init__(self, address: BrokerAddress, settings: Settings, name: str):
+        self.address = address
+        self.name = name
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self._settings = settings
+        self._seq = next(_connection_seq)
+        self._id_prefix = f"{_PROCESS_TAG}.{self._seq}."
+        self._conn: GeventConnection | None = None
+        self._channel: pika.channel.Channel | None = None
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._tag = 0
+        self._closed = Event()
+        self.lost_reason: str | None = None
+        self.blocked = False
+        self.suspect = False  # a confirm timed out: the socket may be dead
+        self.closing = False  # we asked for the close: not a failure to report
+        # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
+        self.on_lost: Callable[[BrokerConnection, str], None] | None = None
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, address: BrokerAddress, settings: Settings, name: str,
+             timeout: float | None = None) -> BrokerConnection:
+        """Connect, open a channel and select confirms; raise ConnectionLost on failure."""
+        self = cls(address, settings, name)
+        ready: AsyncResult = AsyncResult()
+        timeout = settings.connect_timeout if timeout is None else timeout
+        params = connection_parameters(address, settings, name)
+        params.socket_timeout = params.stack_timeout = timeout
+        try:
+            self._conn = GeventConnection(
+                params,
+                on_open_callback=lambda _conn: self._on_open(ready),
+                on_open_error_callback=lambda _conn, err: ready.set_exception(_as_exception(err)),
+                on_close_callback=self._on_connection_closed,
+            )
+            # pika's stack_timeout bounds the handshake; this is a safety net.
+            ready.get(timeout=timeout + 1.0)
+        except gevent.Timeout:
+            self.abort()
+            raise ConnectionLost(f"{address.display}: connect timed out") from None
+        except (OSError, pika.exceptions.AMQPError, ssl.SSLError) as exc:
+            self.abort()
+            raise ConnectionLost(f"{address.display}: {describe_exception(exc)}") from exc
+        return self
+
+    def _on_open(self, ready: AsyncResult) -> None:
+        assert self._conn is not None
+        self._conn.add_on_connection_blocked_callback(self._on_blocked)
+        self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
+
+        def on_channel(channel: pika.channel.Channel) -> None:
+            self._channel = channel
+            channel.add_on_close_callback(self._on_channel_closed)
+            channel.add_on_return_callback(self._on_return)
+            channel.confirm_delivery(self._on_confirm, callback=lambda _frame: ready.set(True))
+
+        self._conn.channel(on_open_callback=on_channel)
+
+    # -- hub callbacks (must not block or raise) ------------------------------
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        nacked = isinstance(method, spec.Basic.Nack)
+        tag = method.delivery_tag
+        if method.multiple:
+            pending = self._pending
+            while pending:
+                first = next(iter(pending))
+                if first > tag:
+                    break
+                self._settle(pending.popitem(last=False)[1], nacked)
+        else:
+            entry = self._pending.pop(tag, None)
+            if entry is not None:
+                self._settle(entry, nacked)
+
+    def _settle(self, entry: _Pending, nacked: bool) -> None:
+        if nacked:
+            outcome: Outcome = PublishNacked("the broker refused the message (nack)")
+        elif entry.returned:
+            outcome = Unroutable("no queue is bound to that routing key")
+        else:
+            outcome = None
+        entry.batch.settle(entry.index, outcome)
+
+    def _on_return(self, _channel: object, _method: object, properties: spec.BasicProperties, _body: bytes) -> None:
+        # RabbitMQ sends basic.return before the ack of the same message.
+        message_id = properties.message_id or ""
+        if message_id.startswith(self._id_prefix):
+            entry = self._pending.get(int(message_id[len(self._id_prefix):]))
+            if entry is not None:
+                entry.returned = True
+
+    def _on_blocked(self, _conn: object, _frame: object) -> None:
+        self.blocked = True
+        log.warning("broker blocked the connection (resource alarm)", extra={"broker": self.address.display})
+
+    def _on_unblocked(self, _conn: object, _frame: object) -> None:
+        self.blocked = False
+        log.info("broker unblocked the connection", extra={"broker": self.address.display})
+
+    def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
+        # The one channel is the connection's purpose: without it, retire the connection.
+        self._mark_lost(f"channel closed: {describe_exception(reason)}")
+        if self._conn is not None and self._conn.is_open:
+            self._conn.close()
+
+    def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
+        self._mark_lost(describe_exception(reason))
+        self._closed.set()
+
+    def _mark_lost(self, reason: str) -> None:
+        if self.lost_reason is None:
+            self.lost_reason = reason
+            if self.on_lost is not None and not self.closing:
+                self.on_lost(self, reason)
+        pending, self._pending = self._pending, OrderedDict()
+        for entry in pending.values():
+            entry.batch.settle(entry.index, ConnectionLost(f"{self.address.display}: {reason}"))
+
+    # -- use -----------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Open, with its channel, not lost and not suspect."""
+        return (
+            self.lost_reason is None
+            and not self.suspect
+            and self._channel is not None
+            and self._channel.is_open
+        )
+
+    def publish_batch(self, messages: Sequence[Message], timeout: float, *,
+                      mandatory: bool = True, persistent: bool = True) -> list[Outcome]:
+        """Publish all messages to the default exchange and wait for their confirms.
+
+        Raises :class:`BrokerBlocked` or :class:`ConnectionLost` when nothing was sent.
+        """
+        if not self.usable:
+            raise ConnectionLost(f"{self.address.display}: {self.lost_reason or 'connection not usable'}")
+        if self.blocked:
+            raise BrokerBlocked(f"{self.address.display} is blocked (resource alarm)")
+        self.last_used = time.monotonic()
+        batch = _Batch(len(messages))
+        channel = self._channel
+        assert channel is not None
+        delivery_mode = 2 if persistent else 1
+        timestamp = int(time.time())
+        for index, (queue, body) in enumerate(messages):
+            self._tag += 1
+            tag = self._tag
+            self._pending[tag] = _Pending(batch, index)
+            properties = spec.BasicProperties(
+                message_id=self._id_prefix + str(tag),
+                delivery_mode=delivery_mode,
+                timestamp=timestamp,
+            )
+            try:
+                channel.basic_publish("", queue, body, properties, mandatory=mandatory)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                # Whatever was written is unconfirmed; what was not is safe to retry.
+                self._mark_lost(describe_exception(exc))
+                lost = ConnectionLost(f"{self.address.display}: {describe_exception(exc)}")
+                for rest in range(index + 1, len(messages)):
+                    batch.settle(rest, lost)
+                break
+        if not batch.done.wait(timeout):
+            self.suspect = True
+            for tag_, entry in list(self._pending.items()):
+                if entry.batch is batch:
+                    del self._pending[tag_]
+                    batch.settle(entry.index, ConfirmTimeout(
+                        f"{self.address.display} did not confirm within {timeout:g}s"))
+        return batch.outcomes
+
+    def probe(self, timeout: float) -> None:
+        """One round trip on the channel (basic.qos); raise ConnectionLost if it fails."""
+        if not self.usable:
+            raise ConnectionLost(self.lost_reason or "connection not usable")
+        answer: AsyncResult = AsyncResult()
+        assert self._channel is not None
+        try:
+            self._channel.basic_qos(prefetch_count=0, callback=answer.set)
+            answer.get(timeout=timeout)
+        except gevent.Timeout:
+            self.suspect = True
+            raise ConnectionLost(f"{self.address.display}: probe timed out after {timeout:g}s") from None
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self._mark_lost(describe_exception(exc))
+            raise ConnectionLost(f"{self.address.display}: {describe_exception(exc)}") from exc
+        if not self.usable:
+            raise ConnectionLost(self.lost_reason or "connection lost during probe")
+
+    def age(self) -> float:
+        """Seconds since the connection was opened."""
+        return time.monotonic() - self.created_at
+
+    # -- closing ---------------------------------------------------------------
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close cleanly (AMQP close handshake), waiting at most ``timeout``."""
+        conn = self._conn
+        self.closing = True
+        if conn is None or self._closed.is_set():
+            return
+        if conn.is_open:
+            # Already closing is fine: the close callback fires either way.
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.close(reply_text="gateway closing connection")
+        if not self._closed.wait(timeout):
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the socket without the close handshake (a dead or hung peer)."""
+        conn = self._conn
+        self.closing = True
+        if conn is None or self._closed.is_set():
+            return
+        transport = getattr(conn, "_transport", None)
+        if transport is not None:
+            # pika has no public abort; its transport's abort() is the one
+            # path that releases the socket of a peer that no longer answers.
+            transport.abort()
+        elif not (conn.is_closed or conn.is_closing):
+            # The connection workflow may already be tearing itself down.
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.close()
+
+
+def _as_exception(err: object) -> BaseException:
+    return err if isinstance(err, BaseException) else ConnectionLost(str(err))

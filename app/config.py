@@ -1,0 +1,503 @@
+"""Configuration: the seed's ``KEY,value`` file, ``GATEWAY_<KEY>`` overrides, typed.
+
+Parsed once at start-up into frozen objects (:class:`Settings`,
+:class:`BrokerAddress`, :class:`ConnectionSpec`); nothing below this module
+reads ``os.environ``. Every option is declared once in :data:`OPTIONS` with its
+default, parser and doc; the README table is generated from the same list
+(``python -m app.config --doc``).
+
+Errors are :class:`ConfigError` and print as one line,
+``<file>:<line>: <problem>``, never with a password in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_CONFIG_PATH = "config/pool.cfg"
+ENV_PREFIX = "GATEWAY_"
+# GATEWAY_* variables that are not config keys: read by gunicorn.conf.py or here.
+ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS"}
+CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+REDACTED = "***"
+
+
+class ConfigError(ValueError):
+    """A bad config file or value; ``str()`` is one line naming where and what."""
+
+    def __init__(self, problem: str, source: str = "", line: int | None = None):
+        self.problem = problem
+        self.source = source
+        self.line = line
+        where = f"{source}:{line}" if source and line else source
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+# --------------------------------------------------------------------------
+# Brokers
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """One RabbitMQ server: where it is and how to log in; prints without password."""
+
+    host: str
+    port: int
+    vhost: str = "/"
+    username: str = "guest"
+    password: str = field(default="guest", repr=False)
+    tls: bool = False
+    # TLS options, from the amqps URI query (RabbitMQ's names).
+    cacertfile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = field(default=None, repr=False)
+    verify: bool = True
+    server_name: str | None = None
+    heartbeat: int | None = None
+
+    @property
+    def display(self) -> str:
+        """The address as safe to log: scheme, user, host, port, vhost, no password."""
+        scheme = "amqps" if self.tls else "amqp"
+        vhost = urllib.parse.quote(self.vhost, safe="")
+        return f"{scheme}://{self.username}@{self.host}:{self.port}/{vhost}"
+
+    def __str__(self) -> str:
+        return self.display
+
+
+def _port(text: str, default: int) -> int:
+    if text == "":
+        return default
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port {text!r}")
+    return int(text)
+
+
+def _vhost(path: str) -> str:
+    # "", "/" and "%2F" all mean the default vhost "/" (the seed's rule; the
+    # URI spec's empty vhost is never what an operator meant).
+    name = urllib.parse.unquote(path[1:] if path.startswith("/") else path)
+    return name or "/"
+
+
+_URI_QUERY_KEYS = {
+    "heartbeat",
+    "cacertfile",
+    "certfile",
+    "keyfile",
+    "verify",
+    "server_name_indication",
+}
+
+
+def parse_broker(text: str) -> BrokerAddress:
+    """Parse ``user:pass@host:port/vhost`` or an ``amqp://``/``amqps://`` URI."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty broker address")
+    if "://" in text:
+        return _parse_uri(text)
+    userinfo, sep, hostpart = text.rpartition("@")
+    user, password = "guest", "guest"
+    if sep:
+        user, colon, password = userinfo.partition(":")
+        if not colon or not user:
+            raise ValueError("credentials must be written user:password@")
+    hostport, slash, path = hostpart.partition("/")
+    host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if not host:
+        raise ValueError("missing host")
+    return BrokerAddress(
+        host=host,
+        port=_port(port, 5672),
+        vhost=_vhost(path if slash else ""),
+        username=user,
+        password=password,
+    )
+
+
+def _parse_uri(text: str) -> BrokerAddress:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ValueError(f"unsupported scheme {parts.scheme!r} (use amqp:// or amqps://)")
+    tls = parts.scheme == "amqps"
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("invalid port") from None
+    if not parts.hostname:
+        raise ValueError("missing host")
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - _URI_QUERY_KEYS
+    if unknown:
+        raise ValueError(f"unknown URI option(s): {', '.join(sorted(unknown))}")
+    if not tls and query.keys() & {"cacertfile", "certfile", "keyfile", "verify"}:
+        raise ValueError("TLS options need an amqps:// URI")
+
+    def one(key: str) -> str | None:
+        values = query.get(key)
+        return values[-1] if values else None
+
+    heartbeat = one("heartbeat")
+    if heartbeat is not None and not heartbeat.isdigit():
+        raise ValueError("heartbeat must be a whole number of seconds")
+    verify = one("verify") or "verify_peer"
+    if verify not in ("verify_peer", "verify_none"):
+        raise ValueError("verify must be verify_peer or verify_none")
+    return BrokerAddress(
+        host=parts.hostname,
+        port=port or (5671 if tls else 5672),
+        vhost=_vhost(parts.path),
+        username=urllib.parse.unquote(parts.username) if parts.username else "guest",
+        password=urllib.parse.unquote(parts.password) if parts.password is not None else "guest",
+        tls=tls,
+        cacertfile=one("cacertfile"),
+        certfile=one("certfile"),
+        keyfile=one("keyfile"),
+        verify=verify == "verify_peer",
+        server_name=one("server_name_indication"),
+        heartbeat=int(heartbeat) if heartbeat is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """A connection id with its primary and optional backup broker."""
+
+    conn_id: str
+    primary: BrokerAddress
+    backup: BrokerAddress | None = None
+
+    def brokers(self) -> list[tuple[str, BrokerAddress]]:
+        """The (role, address) pairs, primary first."""
+        pairs = [("primary", self.primary)]
+        if self.backup is not None:
+            pairs.append(("backup", self.backup))
+        return pairs
+
+
+def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
+    """Build a :class:`ConnectionSpec` from ``id`` and ``primary[,backup]``."""
+    if not CONN_ID_RE.match(conn_id):
+        raise ValueError(f"invalid connection id {conn_id!r} (1-64 of A-Z a-z 0-9 _ . -)")
+    values = [v.strip() for v in values]
+    if not values or not values[0]:
+        raise ValueError(f"connection id {conn_id!r} has no primary broker")
+    if len(values) > 2:
+        raise ValueError(f"connection id {conn_id!r}: expected primary[,backup], got {len(values)} brokers")
+    try:
+        primary = parse_broker(values[0])
+    except ValueError as exc:
+        raise ValueError(f"connection id {conn_id!r}: primary: {exc}") from None
+    backup = None
+    if len(values) == 2 and values[1]:
+        try:
+            backup = parse_broker(values[1])
+        except ValueError as exc:
+            raise ValueError(f"connection id {conn_id!r}: backup: {exc}") from None
+    return ConnectionSpec(conn_id, primary, backup)
+
+
+# --------------------------------------------------------------------------
+# Scalar options
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0``, any case."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float | None = None) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
+    return level
+
+
+@dataclass(frozen=True)
+class Option:
+    """One scalar setting: its key in the file, field name, default, parser and doc."""
+
+    key: str
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+    aliases: tuple[str, ...] = ()
+    secret: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("USE_DB", "use_db", "false", parse_bool,
+           "Read connection strings from PostgreSQL (table `rmq_connections`).",
+           aliases=("UWS_USE_DB",)),
+    Option("DB_NAME", "db_name", "postgres", _text, "PostgreSQL database name."),
+    Option("DB_USERNAME", "db_username", "postgres", _text, "PostgreSQL user."),
+    Option("DB_PASSWORD", "db_password", "", _text, "PostgreSQL password (prefer `GATEWAY_DB_PASSWORD`).",
+           secret=True),
+    Option("DB_HOST_ADDRESS", "db_host", "127.0.0.1", _text, "PostgreSQL host."),
+    Option("DB_PORT", "db_port", "5432", _number(int, 1, 65535), "PostgreSQL port."),
+    Option("NO_OF_CONNECTIOS", "pool_size", "5", _number(int, 1, 1000),
+           "Connections kept open per RabbitMQ server (seed spelling).",
+           aliases=("NO_OF_CONNECTIONS", "POOL_SIZE")),
+    Option("ZMQ_SOCK_ADDRESS", "zmq_address", "", _text,
+           "ZeroMQ address producers connect to (`ipc://...` or `tcp://...`); empty: ZeroMQ off."),
+    Option("POOL_TIMEOUT", "pool_timeout", "2", _number(float, 0.0, 60.0),
+           "Seconds a publish waits for a free pooled connection before `503 pool_timeout`."),
+    Option("CONFIRM_TIMEOUT", "confirm_timeout", "5", _number(float, 0.1, 120.0),
+           "Seconds to wait for the broker's confirm before `503 confirm_timeout`."),
+    Option("PUBLISH_TIMEOUT", "publish_timeout", "8", _number(float, 0.1, 300.0),
+           "Overall deadline of one publish, retries and failover included."),
+    Option("CONNECT_TIMEOUT", "connect_timeout", "3", _number(float, 0.1, 60.0),
+           "Seconds to open one AMQP connection (TCP, TLS, handshake)."),
+    Option("HEARTBEAT", "heartbeat", "10", _number(int, 0, 3600),
+           "AMQP heartbeat in seconds proposed to the broker (0: off); a URI's `?heartbeat=` wins."),
+    Option("KEEPALIVE_INTERVAL", "keepalive_interval", "15", _number(float, 0.1, 3600.0),
+           "Seconds between keepalive checks of each idle pooled connection."),
+    Option("CONNECTION_MAX_AGE", "max_age", "3600", _number(float, 0.0),
+           "Seconds after which an idle connection is closed and replaced (0: never)."),
+    Option("RECONNECT_BACKOFF_MAX", "reconnect_backoff_max", "2", _number(float, 0.05, 300.0),
+           "Longest pause between reconnect attempts to a failing broker (exponential from 0.05 s)."),
+    Option("HEALTH_INTERVAL", "health_interval", "1", _number(float, 0.05, 60.0),
+           "Seconds between health probes of each broker."),
+    Option("HEALTH_RISE", "health_rise", "3", _number(int, 1, 100),
+           "Consecutive good probes before a down broker takes traffic again."),
+    Option("HEALTH_FALL", "health_fall", "2", _number(int, 1, 100),
+           "Consecutive failures (connects, probes, lost publishes) that mark a broker down."),
+    Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
+           "Largest accepted request body in bytes (`413` above it)."),
+    Option("MANDATORY", "mandatory", "true", parse_bool,
+           "Publish with mandatory=true so a message to no queue is `422 unroutable`."),
+    Option("PERSISTENT", "persistent", "true", parse_bool,
+           "Publish with delivery_mode=2 (survives a broker restart in a durable queue)."),
+    Option("RETRY_AFTER", "retry_after", "1", _number(int, 0, 3600),
+           "Seconds put in the `Retry-After` header of a `503`."),
+    Option("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
+)
+
+_BY_KEY = {alias: opt for opt in OPTIONS for alias in (opt.key, *opt.aliases)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway is configured with; built by :func:`load_settings`."""
+
+    connections: tuple[ConnectionSpec, ...] = ()
+    source: str = "<defaults>"
+    use_db: bool = False
+    db_name: str = "postgres"
+    db_username: str = "postgres"
+    db_password: str = field(default="", repr=False)
+    db_host: str = "127.0.0.1"
+    db_port: int = 5432
+    pool_size: int = 5
+    zmq_address: str = ""
+    pool_timeout: float = 2.0
+    confirm_timeout: float = 5.0
+    publish_timeout: float = 8.0
+    connect_timeout: float = 3.0
+    heartbeat: int = 10
+    keepalive_interval: float = 15.0
+    max_age: float = 3600.0
+    reconnect_backoff_max: float = 2.0
+    health_interval: float = 1.0
+    health_rise: int = 3
+    health_fall: int = 2
+    max_body_size: int = 1048576
+    mandatory: bool = True
+    persistent: bool = True
+    retry_after: int = 1
+    log_level: str = "INFO"
+
+    def connection(self, conn_id: str) -> ConnectionSpec | None:
+        """The spec of one connection id, or None."""
+        for spec in self.connections:
+            if spec.conn_id == conn_id:
+                return spec
+        return None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests use it)."""
+        return dataclasses.replace(self, **changes)
+
+    def secrets(self) -> list[str]:
+        """Every password configured, for the log redactor."""
+        found = [self.db_password] if self.db_password else []
+        for spec in self.connections:
+            for _, addr in spec.brokers():
+                if addr.password:
+                    found.append(addr.password)
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: addresses without passwords."""
+        out: dict[str, Any] = {}
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            out[opt.key] = (REDACTED if value else "") if opt.secret else value
+        out["RMQ_CONN_STR"] = {
+            spec.conn_id: [addr.display for _, addr in spec.brokers()] for spec in self.connections
+        }
+        out["source"] = self.source
+        return out
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def _split_line(raw: str) -> list[str] | None:
+    line = raw.strip()
+    if not line or line.startswith("#"):
+        return None
+    return [part.strip() for part in line.split(",")]
+
+
+ScalarLines = dict[str, tuple[str, int]]  # key -> (raw value, line number)
+ConnectionLines = dict[str, tuple[list[str], int]]  # id -> (brokers, line number)
+
+
+def parse_lines(lines: Iterable[str], source: str) -> tuple[ScalarLines, ConnectionLines]:
+    """Read ``KEY,value`` lines into scalars and connection strings, with line numbers."""
+    scalars: dict[str, tuple[str, int]] = {}
+    connections: dict[str, tuple[list[str], int]] = {}
+    for number, raw in enumerate(lines, start=1):
+        parts = _split_line(raw)
+        if parts is None:
+            continue
+        key = parts[0].upper()
+        if key == "RMQ_CONN_STR":
+            if len(parts) < 3:
+                raise ConfigError("RMQ_CONN_STR needs an id and a primary broker: "
+                                  "RMQ_CONN_STR,<id>,<primary>[,<backup>]", source, number)
+            conn_id = parts[1]
+            if conn_id in connections:
+                first = connections[conn_id][1]
+                raise ConfigError(f"connection id {conn_id!r} is defined twice (first on line {first})",
+                                  source, number)
+            connections[conn_id] = (parts[2:], number)
+            continue
+        option = _BY_KEY.get(key)
+        if option is None:
+            raise ConfigError(f"unknown key {parts[0]!r}", source, number)
+        if len(parts) != 2:
+            raise ConfigError(f"{key} takes exactly one value", source, number)
+        scalars[option.key] = (parts[1], number)
+    return scalars, connections
+
+
+def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the file (``GATEWAY_CONFIG`` or the default) and apply ``GATEWAY_*`` overrides."""
+    env = os.environ if environ is None else environ
+    path = path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_PATH
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc.__class__.__name__}", path) from None
+    return settings_from_text(text, path, env)
+
+
+def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from config text plus ``GATEWAY_*`` overrides."""
+    scalars, conn_lines = parse_lines(text.splitlines(), source)
+    values: dict[str, Any] = {}
+    for key, (raw, number) in scalars.items():
+        option = _BY_KEY[key]
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}", source, number) from None
+    specs: dict[str, ConnectionSpec] = {}
+    for conn_id, (parts, number) in conn_lines.items():
+        try:
+            specs[conn_id] = parse_connection(conn_id, parts)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source, number) from None
+
+    for name, raw in sorted((environ or {}).items()):
+        if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in ENV_NOT_KEYS:
+            continue
+        key = name[len(ENV_PREFIX):]
+        if key.startswith("RMQ_CONN_STR_"):
+            conn_id = key[len("RMQ_CONN_STR_"):]
+            try:
+                specs[conn_id] = parse_connection(conn_id, raw.split(","))
+            except ValueError as exc:
+                raise ConfigError(str(exc), f"environment {name}") from None
+            continue
+        env_option = _BY_KEY.get(key)
+        if env_option is None:
+            raise ConfigError(f"unknown key {key!r}", f"environment {name}")
+        option = env_option
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{option.key}: {exc}", f"environment {name}") from None
+
+    settings = Settings(connections=tuple(specs[k] for k in sorted(specs)), source=source, **values)
+    if not settings.use_db and not settings.connections:
+        raise ConfigError("no RMQ_CONN_STR line and USE_DB is false: nothing to publish to", source)
+    return settings
+
+
+def options_table() -> str:
+    """The Markdown table of options for the README."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for opt in OPTIONS:
+        names = " / ".join(f"`{k}`" for k in (opt.key, *opt.aliases))
+        rows.append(f"| {names} | `{opt.default or '(empty)'}` | {opt.doc} |")
+    return "\n".join(rows)
+
+
+def _check_defaults() -> None:
+    # Keep the dataclass defaults and the documented option defaults in step.
+    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for opt in OPTIONS:
+        assert fields[opt.name] == opt.parse(opt.default), opt.key
+
+
+_check_defaults()
+
+
+if __name__ == "__main__":  # pragma: no cover - developer helper
+    if sys.argv[1:] == ["--doc"]:
+        print(options_table())
+    else:
+        try:
+            print(load_settings(sys.argv[1] if len(sys.argv) > 1 else None).describe())
+        except ConfigError as err:
+            sys.exit(f"config error: {err}")

@@ -1,0 +1,247 @@
+"""The gateway: one route per connection id, publishing with failover.
+
+A :class:`Route` owns the primary's pool and the backup's. It publishes to
+the primary while the primary is up, to the backup while the primary is
+down, and back to the primary once the primary's health has risen again
+(see :mod:`app.health`). A connection lost under a publish is retried once
+more on the same broker and then on the other one, within the publish
+deadline: a message whose connection died before its confirm may thus be
+delivered twice (at-least-once), never silently dropped.
+
+:class:`Gateway` holds the routes of one worker, answers ``publish`` for the
+HTTP and ZeroMQ ingresses alike, and can swap its routes at run time (the
+PostgreSQL source does, on a change).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import gevent
+
+from app import metrics
+from app.broker import Message, Outcome
+from app.config import ConnectionSpec, Settings
+from app.errors import (
+    BrokerUnavailable,
+    ConnectionLost,
+    GatewayError,
+    PoolTimeout,
+    Unavailable,
+    UnknownConnection,
+)
+from app.health import BrokerHealth
+from app.pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_PER_BROKER = 2  # a lost connection is retried once more on the same broker
+
+
+class Route:
+    """Publishing for one connection id over its primary and backup pools."""
+
+    def __init__(self, spec: ConnectionSpec, settings: Settings):
+        self.spec = spec
+        self.conn_id = spec.conn_id
+        self.settings = settings
+        self.pools = [ConnectionPool(spec.conn_id, role, addr, settings) for role, addr in spec.brokers()]
+        self.active_role: str | None = None
+        for pool in self.pools:
+            pool.health.subscribe(self._on_health_change)
+
+    def start(self) -> None:
+        """Start filling every pool."""
+        for pool in self.pools:
+            pool.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close every pool's connections cleanly."""
+        gevent.joinall([gevent.spawn(pool.close, timeout) for pool in self.pools], timeout=timeout + 1)
+
+    def candidates(self) -> list[ConnectionPool]:
+        """Pools in the order to try: a healthy primary first, else a healthy backup first."""
+        primary, *rest = self.pools
+        if primary.health.is_up or not rest:
+            return self.pools
+        backup = rest[0]
+        if backup.health.is_up or primary.health.is_down:
+            return [backup, primary]
+        return self.pools
+
+    @property
+    def ready(self) -> bool:
+        """Some broker of this id is up with a connection open."""
+        return any(pool.health.is_up and pool.open_count > 0 for pool in self.pools)
+
+    def publish_batch(self, messages: Sequence[Message], deadline: float) -> list[Outcome]:
+        """Publish each message with confirms; one outcome per message, in order."""
+        outcomes: list[Outcome] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
+        for number, pool in enumerate(self.candidates()):
+            if number > 0 and todo:
+                metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role).inc()
+            attempts = 0
+            while todo and attempts < ATTEMPTS_PER_BROKER:
+                attempts += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                        results = conn.publish_batch(
+                            [messages[i] for i in todo],
+                            min(self.settings.confirm_timeout, max(deadline - time.monotonic(), 0.001)),
+                            mandatory=self.settings.mandatory,
+                            persistent=self.settings.persistent,
+                        )
+                except PoolTimeout as exc:
+                    last_error = exc
+                    if pool.health.is_up:
+                        # A busy healthy broker is not a down one: answer 503
+                        # rather than scatter its traffic onto the backup.
+                        return self._fill(outcomes, todo, exc)
+                    break
+                except Unavailable as exc:
+                    # Nothing was sent (broker down, blocked): try the next broker.
+                    last_error = exc
+                    break
+                retry = []
+                for index, outcome in zip(todo, results, strict=True):
+                    if isinstance(outcome, ConnectionLost):
+                        retry.append(index)
+                        last_error = outcome
+                    else:
+                        outcomes[index] = outcome
+                if retry:
+                    metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role).inc()
+                    log.warning("connection lost under %d publish(es) on %s; retrying", len(retry), pool.name,
+                                extra={"event": "publish_retry", "conn_id": self.conn_id, "role": pool.role})
+                elif any(o is not None and o.status == 503 for o in results):
+                    pool.health.record_failure("publish not confirmed")
+                else:
+                    pool.health.record_ok()
+                todo = retry
+            if not todo:
+                break
+        return self._fill(outcomes, todo, last_error)
+
+    @staticmethod
+    def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError) -> list[Outcome]:
+        for index in todo:
+            outcomes[index] = error
+        return outcomes
+
+    def _on_health_change(self, _health: BrokerHealth, _old: str) -> None:
+        usable = [pool for pool in self.candidates() if pool.health.is_up]
+        role = usable[0].role if usable else None
+        if role == self.active_role:
+            return
+        previous, self.active_role = self.active_role, role
+        if previous is None or role is None:
+            log.info("connection id %s now publishes to %s", self.conn_id, role or "nothing",
+                     extra={"event": "route_change", "conn_id": self.conn_id, "role": role})
+            return
+        direction = "failback" if role == "primary" else "failover"
+        metrics.FAILOVERS.labels(self.conn_id, direction).inc()
+        log.warning("%s: connection id %s moves from %s to %s", direction, self.conn_id, previous, role,
+                    extra={"event": direction, "conn_id": self.conn_id, "role": role})
+
+    def snapshot(self) -> dict[str, Any]:
+        """Readiness view of this id: state, active broker, each pool; no secrets."""
+        return {
+            "ready": self.ready,
+            "active": self.active_role,
+            "brokers": {pool.role: pool.snapshot() for pool in self.pools},
+        }
+
+
+class Gateway:
+    """All routes of one worker; the one publish entry point of both ingresses."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.routes: dict[str, Route] = {}
+        self.started = False
+        self.extra_status: dict[str, Any] = {}  # e.g. the config source's state
+
+    def start(self, specs: Sequence[ConnectionSpec] | None = None) -> None:
+        """Build and start the routes (idempotent); connects in the background."""
+        if self.started:
+            return
+        self.started = True
+        self.set_connections(self.settings.connections if specs is None else specs)
+
+    def set_connections(self, specs: Sequence[ConnectionSpec]) -> None:
+        """Make the routes match ``specs``: open new ids, replace changed ones, drop removed ones.
+
+        A changed id gets its new route started first; the old one keeps the
+        publishes already under way and is closed once they are done.
+        """
+        wanted = {spec.conn_id: spec for spec in specs}
+        new_routes = dict(self.routes)
+        retired: list[Route] = []
+        for conn_id, spec in wanted.items():
+            current = self.routes.get(conn_id)
+            if current is not None and current.spec == spec:
+                continue
+            route = Route(spec, self.settings)
+            route.start()
+            new_routes[conn_id] = route
+            if current is not None:
+                retired.append(current)
+        for conn_id in set(self.routes) - set(wanted):
+            retired.append(self.routes[conn_id])
+            del new_routes[conn_id]
+        self.routes = new_routes
+        for route in retired:
+            gevent.spawn(self._retire, route)
+
+    def _retire(self, route: Route) -> None:
+        # Let publishes in flight on the old pools finish before closing them.
+        deadline = time.monotonic() + self.settings.publish_timeout + 1
+        while any(pool._in_use for pool in route.pools) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        route.close()
+
+    def route(self, conn_id: str) -> Route:
+        """The route of a configured id, else :class:`UnknownConnection`."""
+        route = self.routes.get(conn_id)
+        if route is None:
+            raise UnknownConnection(f"connection id {conn_id!r} is not configured")
+        return route
+
+    def publish(self, conn_id: str, queue: str, body: bytes) -> None:
+        """Publish one message; return once confirmed, else raise its GatewayError."""
+        route = self.route(conn_id)
+        deadline = time.monotonic() + self.settings.publish_timeout
+        outcome = route.publish_batch([(queue, body)], deadline)[0]
+        if outcome is not None:
+            raise outcome
+
+    def publish_batch(self, conn_id: str, messages: Sequence[Message]) -> list[Outcome]:
+        """Publish many messages of one id; one outcome per message."""
+        route = self.route(conn_id)
+        return route.publish_batch(messages, time.monotonic() + self.settings.publish_timeout)
+
+    @property
+    def ready(self) -> bool:
+        """Every connection id has a reachable broker."""
+        return bool(self.routes) and all(route.ready for route in self.routes.values())
+
+    def readiness(self) -> dict[str, Any]:
+        """JSON-able state of every id, for /readyz."""
+        return {
+            "ready": self.ready,
+            "connections": {conn_id: route.snapshot() for conn_id, route in sorted(self.routes.items())},
+            **self.extra_status,
+        }
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close every route's connections cleanly (worker exit)."""
+        routes, self.routes = list(self.routes.values()), {}
+        gevent.joinall([gevent.spawn(route.close, timeout) for route in routes], timeout=timeout + 1)

@@ -1,0 +1,47 @@
+"""The publish body ``connection_id|queue|message``, parsed and validated.
+
+Shared by the HTTP and ZeroMQ ingresses so both answer bad input alike. The
+message is every byte after the second ``|``: it may hold ``|``, newlines and
+any bytes, and may be empty.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from app.config import CONN_ID_RE
+from app.errors import InvalidConnectionId, InvalidQueue, MalformedBody
+
+MAX_QUEUE_BYTES = 255  # AMQP short string
+
+
+class PublishRequest(NamedTuple):
+    conn_id: str
+    queue: str
+    body: bytes
+
+
+def parse_body(data: bytes) -> PublishRequest:
+    """Split and validate a publish body; raise a 400 error naming what is wrong."""
+    first = data.find(b"|")
+    second = data.find(b"|", first + 1) if first >= 0 else -1
+    if second < 0:
+        raise MalformedBody("expected connection_id|queue|message (two '|' separators)")
+    raw_id, raw_queue = data[:first], data[first + 1:second]
+    if not raw_id:
+        raise InvalidConnectionId("the connection id is empty")
+    try:
+        conn_id = raw_id.decode("ascii")
+    except UnicodeDecodeError:
+        conn_id = ""
+    if not CONN_ID_RE.match(conn_id):
+        raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
+    if not raw_queue:
+        raise InvalidQueue("the queue name is empty")
+    if len(raw_queue) > MAX_QUEUE_BYTES:
+        raise InvalidQueue(f"the queue name is {len(raw_queue)} bytes; at most {MAX_QUEUE_BYTES}")
+    try:
+        queue = raw_queue.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidQueue("the queue name is not valid UTF-8") from None
+    return PublishRequest(conn_id, queue, data[second + 1:])

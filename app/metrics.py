@@ -1,0 +1,75 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn.conf.py does it in the master
+before any worker starts) every worker writes its samples to that directory
+and ``/metrics`` aggregates them; without it (tests, a single process) the
+default registry is used. Labels are bounded: connection ids come from the
+config, never from what a client sent.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+UNKNOWN_ID = "_unknown"  # label for requests naming no configured id
+
+PUBLISHES = Counter(
+    "gateway_publish_total", "Publish requests answered, by ingress, connection id and outcome.",
+    ["ingress", "conn_id", "outcome"],
+)
+PUBLISH_SECONDS = Histogram(
+    "gateway_publish_duration_seconds", "Time from request to broker confirm (or error).",
+    ["ingress", "conn_id"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CONNECTION_EVENTS = Counter(
+    "gateway_connection_events_total",
+    "AMQP connection events: opened, failed (to open), lost, recycled, closed.",
+    ["conn_id", "role", "event"],
+)
+PUBLISH_RETRIES = Counter(
+    "gateway_publish_retries_total", "Publishes retried after a connection was lost under them.",
+    ["conn_id", "role"],
+)
+FAILOVERS = Counter(
+    "gateway_failovers_total", "Changes of the broker a connection id publishes to.",
+    ["conn_id", "direction"],
+)
+POOL_CONNECTIONS = Gauge(
+    "gateway_pool_connections", "Pooled AMQP connections by state (idle, in_use, connecting).",
+    ["conn_id", "role", "state"], multiprocess_mode="livesum",
+)
+POOL_WAITING = Gauge(
+    "gateway_pool_waiting", "Callers waiting for a pooled connection.",
+    ["conn_id", "role"], multiprocess_mode="livesum",
+)
+BROKER_UP = Gauge(
+    "gateway_broker_up", "1 when the broker is up for this worker, 0 when down or unknown.",
+    ["conn_id", "role"], multiprocess_mode="livemin",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics page and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (called from gunicorn's child_exit)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _multiprocess.mark_process_dead(pid)

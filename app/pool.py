@@ -1,0 +1,325 @@
+"""A bounded, gevent-aware pool of AMQP connections to one broker.
+
+One pool per (connection id, role). It keeps ``size`` connections open,
+filled in the background by a *filler* greenlet with exponential backoff, and
+lends each to one holder at a time (LIFO, so extra connections really go
+idle). A *keepalive* greenlet checks the broker's health every health interval
+on a connection of its own (so a pool whose connections are all busy, or all
+stuck on a stalled broker, is still checked) and, every keepalive interval,
+takes each idle connection out in turn (holding it exclusively) to probe it
+or retire it once past its max age.
+
+A connection that failed is discarded, never put back; the filler replaces it.
+Acquire waits at most its timeout (:class:`PoolTimeout`) and fails at once
+when the broker is down and nothing is idle (:class:`BrokerUnavailable`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult, Event
+
+from app import metrics
+from app.broker import BrokerConnection
+from app.config import BrokerAddress, Settings
+from app.errors import BrokerUnavailable, ConnectionLost, GatewayError, PoolTimeout
+from app.health import BrokerHealth
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_START = 0.05
+
+
+class ConnectionPool:
+    """Pooled connections to one broker of one connection id."""
+
+    def __init__(self, conn_id: str, role: str, address: BrokerAddress, settings: Settings):
+        self.conn_id = conn_id
+        self.role = role
+        self.address = address
+        self.settings = settings
+        self.size = settings.pool_size
+        self.name = f"{conn_id}/{role}"
+        self.health = BrokerHealth(f"{self.name} ({address.display})", settings.health_rise, settings.health_fall)
+        self.health.subscribe(self._on_health_change)
+        self._idle: deque[BrokerConnection] = deque()
+        self._waiters: deque[AsyncResult] = deque()
+        self._expiry: dict[BrokerConnection, float] = {}
+        self._in_use = 0
+        self._connecting = 0
+        self._wanted = Event()  # wakes the filler
+        self._greenlets: list[gevent.Greenlet] = []
+        self._closed = False
+        self._checker: BrokerConnection | None = None  # the health check's own connection
+        self._labels = (conn_id, role)
+        self._update_gauges()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the filler and keepalive greenlets (in the worker, never the master)."""
+        self._wanted.set()
+        self._greenlets = [gevent.spawn(self._fill_loop), gevent.spawn(self._keepalive_loop)]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the greenlets and close every idle connection cleanly."""
+        self._closed = True
+        gevent.killall(self._greenlets, block=True, timeout=timeout)
+        while self._waiters:
+            self._waiters.popleft().set(None)
+        closing = [gevent.spawn(conn.close, timeout) for conn in self._idle]
+        if self._checker is not None:
+            closing.append(gevent.spawn(self._checker.close, timeout))
+            self._checker = None
+        self._idle.clear()
+        gevent.joinall(closing, timeout=timeout + 0.5)
+        self._update_gauges()
+
+    # -- lending ---------------------------------------------------------------
+
+    @property
+    def open_count(self) -> int:
+        """Connections open: idle plus lent out."""
+        return len(self._idle) + self._in_use
+
+    def acquire(self, timeout: float) -> BrokerConnection:
+        """Lend a connection for at most one holder; raise PoolTimeout or BrokerUnavailable."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise BrokerUnavailable(f"{self.name}: pool is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.usable:
+                    self._in_use += 1
+                    self._update_gauges()
+                    return conn
+                self._discard(conn, conn.lost_reason or "found dead in the pool")
+            if self.health.is_down:
+                raise BrokerUnavailable(f"{self.name}: broker is down ({self.health.last_error})")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PoolTimeout(f"{self.name}: no free connection within {timeout:g}s")
+            waiter: AsyncResult = AsyncResult()
+            self._waiters.append(waiter)
+            self._update_gauges()
+            handed: BrokerConnection | None
+            try:
+                handed = waiter.get(timeout=remaining)
+            except gevent.Timeout:
+                handed = waiter.value if waiter.ready() else None
+                if handed is None:
+                    raise PoolTimeout(f"{self.name}: no free connection within {timeout:g}s") from None
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                self._update_gauges()
+            if handed is not None:
+                return handed  # handed over by release(), already counted in use
+            # None: woken to look again (broker went down, pool closing).
+
+    def release(self, conn: BrokerConnection) -> None:
+        """Take a connection back: reuse it, or discard it if it failed or expired."""
+        self._in_use -= 1
+        if self._closed:
+            gevent.spawn(conn.close)
+        elif not conn.usable:
+            self._discard(conn, conn.lost_reason or "confirm timed out")
+        elif time.monotonic() >= self._expiry.get(conn, float("inf")):
+            self._retire(conn, "max age reached")
+        else:
+            self._put(conn)
+        self._update_gauges()
+
+    @contextmanager
+    def connection(self, timeout: float) -> Iterator[BrokerConnection]:
+        """``with pool.connection(t) as conn``: acquire, then release or discard."""
+        conn = self.acquire(timeout)
+        try:
+            yield conn
+        except GatewayError:
+            raise  # an answer we know; the connection's own flags say if it is still good
+        except BaseException:
+            # An error we did not expect (or the greenlet killed mid-publish):
+            # the connection's state is unknown, so it is discarded.
+            conn.suspect = True
+            raise
+        finally:
+            self.release(conn)
+
+    def _put(self, conn: BrokerConnection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.ready():
+                self._in_use += 1
+                waiter.set(conn)
+                return
+        self._idle.append(conn)
+
+    def _discard(self, conn: BrokerConnection, reason: str) -> None:
+        self._expiry.pop(conn, None)
+        metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
+        log.info("discarding connection %s: %s", conn.name, reason,
+                 extra={"event": "connection_discarded", "conn_id": self.conn_id, "role": self.role})
+        gevent.spawn(conn.abort if conn.suspect else conn.close)
+        self._wanted.set()
+
+    def _retire(self, conn: BrokerConnection, reason: str) -> None:
+        self._expiry.pop(conn, None)
+        conn.suspect = True  # keep it out of use while it closes
+        metrics.CONNECTION_EVENTS.labels(*self._labels, "recycled").inc()
+        log.debug("recycling connection %s: %s", conn.name, reason)
+        gevent.spawn(conn.close)
+        self._wanted.set()
+
+    # -- filler ----------------------------------------------------------------
+
+    def _fill_loop(self) -> None:
+        backoff = _BACKOFF_START
+        while not self._closed:
+            if self.open_count + self._connecting >= self.size:
+                self._wanted.clear()
+                self._wanted.wait()
+                continue
+            self._connecting += 1
+            self._update_gauges()
+            name = f"gateway {self.name} #{len(self._expiry) + 1}"
+            try:
+                conn = BrokerConnection.open(self.address, self.settings, name)
+            except ConnectionLost as exc:
+                metrics.CONNECTION_EVENTS.labels(*self._labels, "failed").inc()
+                was_down = self.health.is_down
+                self.health.record_failure(exc.detail)
+                (log.debug if was_down else log.warning)(
+                    "cannot connect to %s: %s", self.name, exc.detail,
+                    extra={"event": "connect_failed", "conn_id": self.conn_id, "role": self.role})
+                gevent.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, self.settings.reconnect_backoff_max)
+                continue
+            finally:
+                self._connecting -= 1
+            backoff = _BACKOFF_START
+            conn.on_lost = self._on_connection_lost
+            metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
+            if self.settings.max_age > 0:
+                # Jitter, so a pool's connections do not all reconnect together.
+                self._expiry[conn] = time.monotonic() + self.settings.max_age * random.uniform(0.8, 1.0)
+            if self._closed:
+                conn.close()
+                break
+            self.health.record_connected()
+            self._put(conn)
+            self._update_gauges()
+
+    def _on_connection_lost(self, conn: BrokerConnection, reason: str) -> None:
+        # Runs in the gevent hub: only bookkeeping, nothing that blocks.
+        # A lost connection is not by itself a failed check: a broker cut
+        # fails the filler's reconnects at once, a blip does not.
+        if conn in self._idle:
+            self._idle.remove(conn)
+            self._expiry.pop(conn, None)
+            metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
+            self._update_gauges()
+        self._wanted.set()
+
+    # -- keepalive and health --------------------------------------------------
+
+    def _keepalive_loop(self) -> None:
+        interval = self.settings.health_interval
+        next_check = time.monotonic() + interval
+        next_sweep = time.monotonic() + self.settings.keepalive_interval
+        while not self._closed:
+            # A steady cadence: a check that timed out is followed by the next at once.
+            gevent.sleep(max(next_check - time.monotonic(), 0))
+            next_check = time.monotonic() + interval
+            self._probe_health(timeout=max(interval, 0.2))
+            if time.monotonic() >= next_sweep:
+                self._sweep_idle()
+                next_sweep = time.monotonic() + self.settings.keepalive_interval
+
+    def _give_back_cold(self, conn: BrokerConnection) -> None:
+        self._in_use -= 1
+        if self._closed:
+            gevent.spawn(conn.close)
+        elif not conn.usable:
+            self._discard(conn, conn.lost_reason or "probe failed")
+        elif self._waiters:
+            self._put(conn)
+        else:
+            self._idle.appendleft(conn)
+
+    def _probe_health(self, timeout: float) -> None:
+        # Health has a connection of its own, outside the pool: a pool whose
+        # connections are all stuck under publishes must still be checked.
+        conn = self._checker
+        try:
+            if conn is None or not conn.usable:
+                if conn is not None:
+                    gevent.spawn(conn.abort)
+                self._checker = conn = None
+                conn = BrokerConnection.open(self.address, self.settings, f"gateway {self.name} health",
+                                             timeout=min(self.settings.connect_timeout, timeout))
+                self._checker = conn
+            conn.probe(timeout)
+        except ConnectionLost as exc:
+            self.health.record_failure(f"health check failed: {exc.detail}")
+        else:
+            self.health.record_probe_ok()
+
+    def _sweep_idle(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._idle):
+            if conn not in self._idle:
+                continue  # lent out or discarded meanwhile
+            self._idle.remove(conn)
+            self._in_use += 1  # held by the keepalive: nobody else gets it
+            if now >= self._expiry.get(conn, float("inf")):
+                self._in_use -= 1
+                self._retire(conn, "max age reached")
+                continue
+            if now - conn.last_used >= self.settings.keepalive_interval:
+                try:
+                    conn.probe(self.settings.connect_timeout)
+                except ConnectionLost as exc:
+                    self.health.record_failure(f"keepalive failed: {exc.detail}")
+            self._give_back_cold(conn)
+        self._update_gauges()
+
+    def _on_health_change(self, health: BrokerHealth, _old: str) -> None:
+        metrics.BROKER_UP.labels(*self._labels).set(1 if health.is_up else 0)
+        if health.is_down:
+            # Waiters re-check and fail fast instead of sitting out their timeout.
+            for waiter in list(self._waiters):
+                if not waiter.ready():
+                    waiter.set(None)
+
+    # -- views -----------------------------------------------------------------
+
+    def _update_gauges(self) -> None:
+        gauge = metrics.POOL_CONNECTIONS
+        gauge.labels(*self._labels, "idle").set(len(self._idle))
+        gauge.labels(*self._labels, "in_use").set(self._in_use)
+        gauge.labels(*self._labels, "connecting").set(self._connecting)
+        metrics.POOL_WAITING.labels(*self._labels).set(len(self._waiters))
+
+    def snapshot(self) -> dict[str, Any]:
+        """State for /readyz and /pools: no secrets."""
+        return {
+            "broker": self.address.display,
+            "state": self.health.state,
+            "open": self.open_count,
+            "idle": len(self._idle),
+            "in_use": self._in_use,
+            "connecting": self._connecting,
+            "waiting": len(self._waiters),
+            "size": self.size,
+            "last_error": self.health.last_error,
+        }

@@ -1,0 +1,151 @@
+"""Shared fixtures. The test process runs under gevent, like the gateway's workers."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+import socket  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from app.config import Settings, settings_from_text  # noqa: E402
+from app.gateway import Gateway  # noqa: E402
+from tests.support.proxy import TcpProxy  # noqa: E402
+from tests.support.rabbit import AMQP_HOST, AMQP_PORT, Rabbit, Vhost  # noqa: E402
+
+# Short timings so failure scenarios finish in seconds (the defaults are in app/config.py).
+FAST = """
+NO_OF_CONNECTIOS,3
+POOL_TIMEOUT,1
+CONFIRM_TIMEOUT,2
+PUBLISH_TIMEOUT,4
+CONNECT_TIMEOUT,1
+HEARTBEAT,2
+HEALTH_INTERVAL,0.2
+HEALTH_RISE,3
+HEALTH_FALL,2
+RECONNECT_BACKOFF_MAX,0.3
+KEEPALIVE_INTERVAL,1
+"""
+
+
+def broker(port: int = AMQP_PORT, host: str = AMQP_HOST) -> str:
+    return f"guest:guest@{host}:{port}/"
+
+
+def make_settings(conns: dict[str, str], extra: str = "") -> Settings:
+    lines = [FAST, extra] + [f"RMQ_CONN_STR,{cid},{value}" for cid, value in conns.items()]
+    return settings_from_text("\n".join(lines), "<test>", {})
+
+
+def _require_rabbitmq() -> None:
+    try:
+        socket.create_connection((AMQP_HOST, AMQP_PORT), timeout=3).close()
+    except OSError as exc:
+        # Loud, never a skip: the suite means nothing without the real broker.
+        pytest.exit(f"RabbitMQ is not reachable on {AMQP_HOST}:{AMQP_PORT} ({exc}); "
+                    "run `make services` (or `make test`, which does)", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def rabbit_available() -> None:
+    _require_rabbitmq()
+
+
+@pytest.fixture
+def rabbit(rabbit_available: None) -> Iterator[Rabbit]:
+    r = Rabbit()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def proxies() -> Iterator[list[TcpProxy]]:
+    """Make proxies with ``proxies.append(TcpProxy(5672))``; all closed afterwards."""
+    made: list[TcpProxy] = []
+    yield made
+    for proxy in made:
+        proxy.close()
+
+
+@pytest.fixture
+def proxy(proxies: list[TcpProxy], rabbit_available: None) -> TcpProxy:
+    p = TcpProxy(AMQP_PORT)
+    proxies.append(p)
+    return p
+
+
+@pytest.fixture
+def backup_proxy(proxies: list[TcpProxy], rabbit_available: None) -> TcpProxy:
+    p = TcpProxy(AMQP_PORT)
+    proxies.append(p)
+    return p
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[Gateway]]:
+    made: list[Gateway] = []
+    yield made
+    for gw in made:
+        gw.close()
+
+
+@pytest.fixture
+def start_gateway(gateways: list[Gateway]):
+    """start_gateway(settings) -> a started Gateway, closed after the test."""
+
+    def start(settings: Settings) -> Gateway:
+        gw = Gateway(settings)
+        gw.start()
+        gateways.append(gw)
+        return gw
+
+    return start
+
+
+def pytest_report_header() -> str:
+    return f"RabbitMQ under test: {AMQP_HOST}:{AMQP_PORT}; CI={os.environ.get('CI', '')}"
+
+
+@pytest.fixture(scope="session")
+def vhosts(rabbit_available: None) -> Iterator[dict[str, Vhost]]:
+    """Two vhosts of this session's own: 'primary' and 'backup' stand for two brokers."""
+    from tests.support.rabbit import Vhost
+
+    made = {"primary": Vhost("primary"), "backup": Vhost("backup")}
+    yield made
+    for vhost in made.values():
+        vhost.delete()
+
+
+@pytest.fixture
+def two_brokers(vhosts, proxies: list[TcpProxy]):
+    """(primary proxy, backup proxy, primary Rabbit, backup Rabbit): one queue name declared in both."""
+    from tests.support.rabbit import Rabbit, unique
+
+    primary, backup = TcpProxy(AMQP_PORT), TcpProxy(AMQP_PORT)
+    proxies.extend([primary, backup])
+    rp, rb = Rabbit(vhost=vhosts["primary"].name), Rabbit(vhost=vhosts["backup"].name)
+    queue = unique("fo")
+    for r in (rp, rb):
+        r.channel.queue_declare(queue, durable=True)
+        r.queues.append(queue)
+    yield primary, backup, rp, rb, queue
+    rp.close()
+    rb.close()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition") -> float:
+    """Wait cooperatively until ``predicate()``; return the seconds it took."""
+    import time
+
+    import gevent
+
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{message} not met within {timeout}s")
+        gevent.sleep(interval)
+    return time.monotonic() - start

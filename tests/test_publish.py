@@ -1,0 +1,70 @@
+"""Publishing through the gateway into the real broker: confirms, returns, bytes."""
+
+import gevent
+import pytest
+
+from app.errors import BrokerUnavailable, UnknownConnection, Unroutable
+from tests.conftest import broker, make_settings, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def gw(start_gateway, rabbit_available):
+    gateway = start_gateway(make_settings({"a": broker()}))
+    wait_until(lambda: gateway.ready, 5)
+    return gateway
+
+
+def test_bodies_arrive_byte_exact(gw, rabbit):
+    queue = rabbit.queue()
+    bodies = [b"", b"plain", b"pipes|in|it", b"new\nlines\r\n", bytes(range(256)), b"\x00" * 1000,
+              "h\u00e9llo \u2603".encode(), b"x" * 500_000]
+    for body in bodies:
+        gw.publish("a", queue, body)
+    received = rabbit.drain(queue)
+    assert [body for body, _ in received] == bodies
+    ids = {props.message_id for _, props in received}
+    assert len(ids) == len(bodies) and all(ids)
+    assert all(props.delivery_mode == 2 for _, props in received)
+
+
+def test_unroutable_is_422_and_not_in_any_queue(gw, rabbit):
+    with pytest.raises(Unroutable) as info:
+        gw.publish("a", "test.no.such.queue.ever", b"lost?")
+    assert info.value.status == 422
+    queue = rabbit.queue()
+    gw.publish("a", queue, b"next one fine")  # the connection stays usable
+    assert rabbit.bodies(queue) == [b"next one fine"]
+
+
+def test_unknown_id_is_404(gw):
+    with pytest.raises(UnknownConnection) as info:
+        gw.publish("nope", "q", b"")
+    assert info.value.status == 404
+
+
+def test_many_concurrent_publishes_are_all_confirmed(gw, rabbit):
+    queue = rabbit.queue()
+    jobs = [gevent.spawn(gw.publish, "a", queue, b"%d" % i) for i in range(500)]
+    gevent.joinall(jobs, timeout=30, raise_error=True)
+    assert all(job.successful() for job in jobs)
+    assert sorted(int(b) for b in rabbit.bodies(queue)) == list(range(500))
+
+
+def test_batch_is_pipelined_and_mixed_outcomes_map_back(gw, rabbit):
+    queue = rabbit.queue()
+    messages = [(queue, b"%d" % i) for i in range(1000)]
+    messages[500] = ("test.no.such.queue.ever", b"unroutable")
+    outcomes = gw.publish_batch("a", messages)
+    assert isinstance(outcomes[500], Unroutable)
+    assert [o for i, o in enumerate(outcomes) if i != 500] == [None] * 999
+    assert rabbit.count(queue) == 999
+
+
+def test_no_broker_answers_503_quickly(start_gateway):
+    gw = start_gateway(make_settings({"dead": broker(1) + "," + broker(2)}))
+    wait_until(lambda: all(p.health.is_down for p in gw.route("dead").pools), 5)
+    with pytest.raises(BrokerUnavailable) as info:
+        gw.publish("dead", "q", b"x")
+    assert info.value.status == 503
