@@ -22,6 +22,9 @@ preload_app = False  # each worker builds its own pools after fork
 timeout = 30
 graceful_timeout = 20  # SIGTERM: requests in flight get this long to be answered
 keepalive = 5
+# gunicorn 27's control socket sits at one fixed path per user: two gateways on
+# one host (or a test run beside a dev server) would fight over it.
+control_socket_disable = True
 accesslog = None  # GUNICORN_CMD_ARGS="--access-logfile -" turns it on, as JSON
 logconfig_dict = {
     "version": 1,
