@@ -3,8 +3,8 @@
 Parsed once at start-up into frozen objects (:class:`Settings`,
 :class:`BrokerAddress`, :class:`ConnectionSpec`); nothing below this module
 reads ``os.environ``. Every option is declared once in :data:`OPTIONS` with its
-default, parser and doc; the README table is generated from the same list
-(``python -m app.config --doc``).
+default, parser and doc; the README's table is :func:`options_table` verbatim
+(a test keeps the two in step).
 
 Errors are :class:`ConfigError` and print as one line,
 ``<file>:<line>: <problem>``, never with a password in it.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -294,7 +293,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("HEALTH_RISE", "health_rise", "3", _number(int, 1, 100),
            "Consecutive good probes before a down broker takes traffic again."),
     Option("HEALTH_FALL", "health_fall", "2", _number(int, 1, 100),
-           "Consecutive failures (connects, probes, lost publishes) that mark a broker down."),
+           "Consecutive failures (connects, health probes, confirm timeouts) that mark a broker down."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
     Option("MANDATORY", "mandatory", "true", parse_bool,
@@ -491,13 +490,3 @@ def _check_defaults() -> None:
 
 
 _check_defaults()
-
-
-if __name__ == "__main__":  # pragma: no cover - developer helper
-    if sys.argv[1:] == ["--doc"]:
-        print(options_table())
-    else:
-        try:
-            print(load_settings(sys.argv[1] if len(sys.argv) > 1 else None).describe())
-        except ConfigError as err:
-            sys.exit(f"config error: {err}")
