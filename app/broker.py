@@ -328,13 +328,13 @@ class BrokerConnection:
         self.closing = True
         if conn is None or self._closed.is_set():
             return
-        transport = getattr(conn, "_transport", None)
-        if transport is not None:
-            # pika has no public abort; its transport's abort() is the one
-            # path that releases the socket of a peer that no longer answers.
-            transport.abort()
-        elif not (conn.is_closed or conn.is_closing):
-            # The connection workflow may already be tearing itself down.
+        if conn.is_open or conn.is_closing:
+            # pika has no public abort. _terminate_stream is what pika's own
+            # heartbeat checker calls on a silent peer: it records the reason,
+            # drops the socket and fires the close callback.
+            conn._terminate_stream(pika.exceptions.StreamLostError("aborted by the gateway: peer not answering"))
+        elif not conn.is_closed:
+            # Still opening: closing aborts the connection workflow.
             with contextlib.suppress(pika.exceptions.AMQPError):
                 conn.close()
 

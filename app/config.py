@@ -167,20 +167,35 @@ def _parse_uri(text: str) -> BrokerAddress:
     )
 
 
+Servers = tuple[BrokerAddress, ...]
+
+
 @dataclass(frozen=True)
 class ConnectionSpec:
-    """A connection id with its primary and optional backup broker."""
+    """A connection id with its primary servers and optional backup servers.
+
+    Each role is one server or several (``a;b;c`` in the config): the pool of
+    that role spreads its connections over them.
+    """
 
     conn_id: str
-    primary: BrokerAddress
-    backup: BrokerAddress | None = None
+    primary: Servers
+    backup: Servers = ()
 
-    def brokers(self) -> list[tuple[str, BrokerAddress]]:
-        """The (role, address) pairs, primary first."""
+    def brokers(self) -> list[tuple[str, Servers]]:
+        """The (role, servers) pairs, primary first."""
         pairs = [("primary", self.primary)]
-        if self.backup is not None:
+        if self.backup:
             pairs.append(("backup", self.backup))
         return pairs
+
+
+def parse_servers(text: str) -> Servers:
+    """One server, or several separated by ``;``."""
+    parts = [part.strip() for part in text.split(";")]
+    if any(not part for part in parts):
+        raise ValueError("empty server in a ';' list")
+    return tuple(parse_broker(part) for part in parts)
 
 
 def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
@@ -193,13 +208,13 @@ def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
     if len(values) > 2:
         raise ValueError(f"connection id {conn_id!r}: expected primary[,backup], got {len(values)} brokers")
     try:
-        primary = parse_broker(values[0])
+        primary = parse_servers(values[0])
     except ValueError as exc:
         raise ValueError(f"connection id {conn_id!r}: primary: {exc}") from None
-    backup = None
+    backup: Servers = ()
     if len(values) == 2 and values[1]:
         try:
-            backup = parse_broker(values[1])
+            backup = parse_servers(values[1])
         except ValueError as exc:
             raise ValueError(f"connection id {conn_id!r}: backup: {exc}") from None
     return ConnectionSpec(conn_id, primary, backup)
@@ -235,6 +250,16 @@ def _number(kind: Callable[[str], Any], low: float, high: float | None = None) -
 
 def _text(text: str) -> str:
     return text.strip()
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _log_level(text: str) -> str:
@@ -294,6 +319,23 @@ OPTIONS: tuple[Option, ...] = (
            "Consecutive good probes before a down broker takes traffic again."),
     Option("HEALTH_FALL", "health_fall", "2", _number(int, 1, 100),
            "Consecutive failures (connects, health probes, confirm timeouts) that mark a broker down."),
+    Option("POOL_MIN_SIZE", "pool_min_size", "-1", _number(int, -1, 1000),
+           "Connections always kept open per server role; idle ones above it are closed after "
+           "`POOL_IDLE_TIMEOUT` (-1: the pool size, no shrinking).", aliases=("MIN_CONNECTIONS",)),
+    Option("POOL_MAX_OVERFLOW", "pool_max_overflow", "2", _number(int, 0, 1000),
+           "Extra connections opened under peak load beyond the pool size, closed when returned."),
+    Option("POOL_OVERFLOW_WAIT", "pool_overflow_wait", "0.1", _number(float, 0.0, 60.0),
+           "Seconds a publish waits for a pooled connection before opening an overflow one."),
+    Option("POOL_IDLE_TIMEOUT", "pool_idle_timeout", "300", _number(float, 0.0),
+           "Seconds an idle connection above `POOL_MIN_SIZE` is kept before it is closed (0: never)."),
+    Option("SERVER_SELECTION", "server_selection", "round_robin", _choice("round_robin", "random"),
+           "How a role with several servers (`a;b;c`) spreads its connections: round_robin or random."),
+    Option("SERVER_QUARANTINE", "server_quarantine", "5", _number(float, 0.0, 3600.0),
+           "Seconds a server that failed to connect is skipped before it is tried (probed) again."),
+    Option("RETRY_BUDGET_RATIO", "retry_budget_ratio", "0.2", _number(float, 0.0, 10.0),
+           "Retries allowed per publish on average (a flapping broker cannot multiply the load)."),
+    Option("RETRY_BUDGET_MIN", "retry_budget_min", "10", _number(float, 0.0, 100000.0),
+           "Retries per second always allowed, whatever the ratio."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
     Option("MANDATORY", "mandatory", "true", parse_bool,
@@ -333,11 +375,24 @@ class Settings:
     health_interval: float = 1.0
     health_rise: int = 3
     health_fall: int = 2
+    pool_min_size: int = -1
+    pool_max_overflow: int = 2
+    pool_overflow_wait: float = 0.1
+    pool_idle_timeout: float = 300.0
+    server_selection: str = "round_robin"
+    server_quarantine: float = 5.0
+    retry_budget_ratio: float = 0.2
+    retry_budget_min: float = 10.0
     max_body_size: int = 1048576
     mandatory: bool = True
     persistent: bool = True
     retry_after: int = 1
     log_level: str = "INFO"
+
+    @property
+    def min_size(self) -> int:
+        """Connections kept open per role, whatever the load."""
+        return self.pool_size if self.pool_min_size < 0 else self.pool_min_size
 
     def connection(self, conn_id: str) -> ConnectionSpec | None:
         """The spec of one connection id, or None."""
@@ -354,9 +409,8 @@ class Settings:
         """Every password configured, for the log redactor."""
         found = [self.db_password] if self.db_password else []
         for spec in self.connections:
-            for _, addr in spec.brokers():
-                if addr.password:
-                    found.append(addr.password)
+            for _, servers in spec.brokers():
+                found.extend(addr.password for addr in servers if addr.password)
         return found
 
     def describe(self) -> dict[str, Any]:
@@ -366,7 +420,8 @@ class Settings:
             value = getattr(self, opt.name)
             out[opt.key] = (REDACTED if value else "") if opt.secret else value
         out["RMQ_CONN_STR"] = {
-            spec.conn_id: [addr.display for _, addr in spec.brokers()] for spec in self.connections
+            spec.conn_id: [";".join(a.display for a in servers) for _, servers in spec.brokers()]
+            for spec in self.connections
         }
         out["source"] = self.source
         return out
@@ -468,6 +523,9 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
             raise ConfigError(f"{option.key}: {exc}", f"environment {name}") from None
 
     settings = Settings(connections=tuple(specs[k] for k in sorted(specs)), source=source, **values)
+    if settings.pool_min_size > settings.pool_size:
+        raise ConfigError(f"POOL_MIN_SIZE ({settings.pool_min_size}) is above the pool size "
+                          f"NO_OF_CONNECTIOS ({settings.pool_size})", source)
     if not settings.use_db and not settings.connections:
         raise ConfigError("no RMQ_CONN_STR line and USE_DB is false: nothing to publish to", source)
     return settings

@@ -5,7 +5,8 @@ the primary while the primary is up, to the backup while the primary is
 down, and back to the primary once the primary's health has risen again
 (see :mod:`app.health`). A connection lost under a publish is retried once
 more on the same broker and then on the other one, within the publish
-deadline: a message whose connection died before its confirm may thus be
+deadline, and within a retry budget (so a flapping broker cannot multiply
+the load): a message whose connection died before its confirm may thus be
 delivered twice (at-least-once), never silently dropped.
 
 :class:`Gateway` holds the routes of one worker, answers ``publish`` for the
@@ -27,6 +28,7 @@ from app.broker import Message, Outcome
 from app.config import ConnectionSpec, Settings
 from app.errors import (
     BrokerUnavailable,
+    ConfirmTimeout,
     ConnectionLost,
     GatewayError,
     PoolTimeout,
@@ -35,6 +37,7 @@ from app.errors import (
 )
 from app.health import BrokerHealth
 from app.pool import ConnectionPool
+from app.retry import RetryBudget
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,8 @@ class Route:
         self.spec = spec
         self.conn_id = spec.conn_id
         self.settings = settings
-        self.pools = [ConnectionPool(spec.conn_id, role, addr, settings) for role, addr in spec.brokers()]
+        self.pools = [ConnectionPool(spec.conn_id, role, servers, settings) for role, servers in spec.brokers()]
+        self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         self.active_role: str | None = None
         for pool in self.pools:
             pool.health.subscribe(self._on_health_change)
@@ -82,15 +86,20 @@ class Route:
         outcomes: list[Outcome] = [None] * len(messages)
         todo = list(range(len(messages)))
         last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
-        for number, pool in enumerate(self.candidates()):
-            if number > 0 and todo:
-                metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role).inc()
+        self.retry_budget.deposit()
+        retrying = False
+        for pool in self.candidates():
             attempts = 0
             while todo and attempts < ATTEMPTS_PER_BROKER:
                 attempts += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                if retrying:
+                    if not self.retry_budget.allow():
+                        metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "denied").inc()
+                        return self._fill(outcomes, todo, last_error)
+                    metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "allowed").inc()
                 try:
                     with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
                         results = conn.publish_batch(
@@ -118,11 +127,11 @@ class Route:
                     else:
                         outcomes[index] = outcome
                 if retry:
-                    metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role).inc()
+                    retrying = True
                     log.warning("connection lost under %d publish(es) on %s; retrying", len(retry), pool.name,
                                 extra={"event": "publish_retry", "conn_id": self.conn_id, "role": pool.role})
-                elif any(o is not None and o.status == 503 for o in results):
-                    pool.health.record_failure("publish not confirmed")
+                elif any(isinstance(o, ConfirmTimeout) for o in results):
+                    pool.health.record_failure("publish not confirmed in time")
                 else:
                     pool.health.record_ok()
                 todo = retry

@@ -39,8 +39,9 @@ CONNECTION_EVENTS = Counter(
     ["conn_id", "role", "event"],
 )
 PUBLISH_RETRIES = Counter(
-    "gateway_publish_retries_total", "Publishes retried after a connection was lost under them.",
-    ["conn_id", "role"],
+    "gateway_publish_retries_total",
+    "Publish retries after a connection was lost under them: allowed, or denied by the retry budget.",
+    ["conn_id", "role", "decision"],
 )
 FAILOVERS = Counter(
     "gateway_failovers_total", "Changes of the broker a connection id publishes to.",

@@ -1,17 +1,26 @@
-"""A bounded, gevent-aware pool of AMQP connections to one broker.
+"""A bounded, gevent-aware pool of AMQP connections to one broker role.
 
-One pool per (connection id, role). It keeps ``size`` connections open,
-filled in the background by a *filler* greenlet with exponential backoff, and
-lends each to one holder at a time (LIFO, so extra connections really go
-idle). A *keepalive* greenlet checks the broker's health every health interval
-on a connection of its own (so a pool whose connections are all busy, or all
-stuck on a stalled broker, is still checked) and, every keepalive interval,
-takes each idle connection out in turn (holding it exclusively) to probe it
-or retire it once past its max age.
+One pool per (connection id, role). Sizes, as operators know them from
+SQLAlchemy's QueuePool and django_pgpool:
+
+* ``min_size`` connections are always kept open, filled in the background by
+  a *filler* greenlet with exponential backoff;
+* on demand the pool grows to ``size`` (kept, returned to the pool);
+* under peak load, after waiting ``overflow_wait`` for a free connection, up
+  to ``max_overflow`` extra connections are opened, and closed when returned;
+* connections above ``min_size`` idle longer than ``idle_timeout`` are closed.
+
+Each connection is lent to one holder at a time, LIFO, so that extra
+connections really go idle. A *keepalive* greenlet checks the role's health
+every health interval on a connection of its own (so a pool whose
+connections are all busy, or all stuck on a stalled broker, is still checked)
+and, every keepalive interval, takes each idle connection out in turn
+(holding it exclusively) to probe it, shrink the pool, or retire it once past
+its max age.
 
 A connection that failed is discarded, never put back; the filler replaces it.
 Acquire waits at most its timeout (:class:`PoolTimeout`) and fails at once
-when the broker is down and nothing is idle (:class:`BrokerUnavailable`).
+when the role is down and nothing is idle (:class:`BrokerUnavailable`).
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ from gevent.event import AsyncResult, Event
 
 from app import metrics
 from app.broker import BrokerConnection
-from app.config import BrokerAddress, Settings
+from app.config import Servers, Settings
 from app.errors import BrokerUnavailable, ConnectionLost, GatewayError, PoolTimeout
 from app.health import BrokerHealth
+from app.servers import ServerSet
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +49,26 @@ _BACKOFF_START = 0.05
 
 
 class ConnectionPool:
-    """Pooled connections to one broker of one connection id."""
+    """Pooled connections to the server(s) of one role of one connection id."""
 
-    def __init__(self, conn_id: str, role: str, address: BrokerAddress, settings: Settings):
+    def __init__(self, conn_id: str, role: str, servers: Servers, settings: Settings):
         self.conn_id = conn_id
         self.role = role
-        self.address = address
         self.settings = settings
+        self.servers = ServerSet(servers, settings.server_selection, settings.server_quarantine)
         self.size = settings.pool_size
+        self.min_size = settings.min_size
+        self.max_overflow = settings.pool_max_overflow
         self.name = f"{conn_id}/{role}"
-        self.health = BrokerHealth(f"{self.name} ({address.display})", settings.health_rise, settings.health_fall)
+        self.health = BrokerHealth(f"{self.name} ({self.servers.display})", settings.health_rise,
+                                   settings.health_fall)
         self.health.subscribe(self._on_health_change)
         self._idle: deque[BrokerConnection] = deque()
         self._waiters: deque[AsyncResult] = deque()
         self._expiry: dict[BrokerConnection, float] = {}
         self._in_use = 0
         self._connecting = 0
+        self._opened = 0
         self._wanted = Event()  # wakes the filler
         self._greenlets: list[gevent.Greenlet] = []
         self._closed = False
@@ -91,8 +105,10 @@ class ConnectionPool:
         return len(self._idle) + self._in_use
 
     def acquire(self, timeout: float) -> BrokerConnection:
-        """Lend a connection for at most one holder; raise PoolTimeout or BrokerUnavailable."""
-        deadline = time.monotonic() + timeout
+        """Lend a connection to one holder; raise PoolTimeout or BrokerUnavailable."""
+        now = time.monotonic()
+        deadline = now + timeout
+        overflow_at = now + self.settings.pool_overflow_wait
         while True:
             if self._closed:
                 raise BrokerUnavailable(f"{self.name}: pool is closed")
@@ -105,29 +121,49 @@ class ConnectionPool:
                 self._discard(conn, conn.lost_reason or "found dead in the pool")
             if self.health.is_down:
                 raise BrokerUnavailable(f"{self.name}: broker is down ({self.health.last_error})")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            total = self.open_count + self._connecting
+            if total < self.size or (total < self.size + self.max_overflow and now >= overflow_at):
+                opened = self._open_for_caller(min(self.settings.connect_timeout, max(deadline - now, 0.05)))
+                if opened is not None:
+                    return opened
+                now = time.monotonic()
+            if now >= deadline:
                 raise PoolTimeout(f"{self.name}: no free connection within {timeout:g}s")
-            waiter: AsyncResult = AsyncResult()
-            self._waiters.append(waiter)
-            self._update_gauges()
-            handed: BrokerConnection | None
-            try:
-                handed = waiter.get(timeout=remaining)
-            except gevent.Timeout:
-                handed = waiter.value if waiter.ready() else None
-                if handed is None:
-                    raise PoolTimeout(f"{self.name}: no free connection within {timeout:g}s") from None
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                self._update_gauges()
+            # Wait for a returned connection; wake up for overflow if it may be opened then.
+            until = deadline
+            if now < overflow_at and total < self.size + self.max_overflow:
+                until = min(deadline, overflow_at)
+            handed = self._wait(until - now)
             if handed is not None:
                 return handed  # handed over by release(), already counted in use
-            # None: woken to look again (broker went down, pool closing).
+
+    def _wait(self, seconds: float) -> BrokerConnection | None:
+        waiter: AsyncResult = AsyncResult()
+        self._waiters.append(waiter)
+        self._update_gauges()
+        try:
+            handed: BrokerConnection | None = waiter.get(timeout=seconds)
+            return handed
+        except gevent.Timeout:
+            # Handed over in the same instant the timeout fired: keep it.
+            return waiter.value if waiter.ready() else None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            self._update_gauges()
+
+    def _open_for_caller(self, timeout: float) -> BrokerConnection | None:
+        # Growth to the pool size, or overflow: the caller opens it and holds it.
+        conn = self._open(timeout)
+        if conn is None:
+            return None
+        self._in_use += 1
+        self._update_gauges()
+        return conn
 
     def release(self, conn: BrokerConnection) -> None:
-        """Take a connection back: reuse it, or discard it if it failed or expired."""
+        """Take a connection back: reuse it, or close it if failed, expired or overflow."""
         self._in_use -= 1
         if self._closed:
             gevent.spawn(conn.close)
@@ -135,6 +171,8 @@ class ConnectionPool:
             self._discard(conn, conn.lost_reason or "confirm timed out")
         elif time.monotonic() >= self._expiry.get(conn, float("inf")):
             self._retire(conn, "max age reached")
+        elif self.open_count + 1 > self.size and not self._waiters:
+            self._retire(conn, "overflow connection returned")
         else:
             self._put(conn)
         self._update_gauges()
@@ -176,46 +214,59 @@ class ConnectionPool:
         self._expiry.pop(conn, None)
         conn.suspect = True  # keep it out of use while it closes
         metrics.CONNECTION_EVENTS.labels(*self._labels, "recycled").inc()
-        log.debug("recycling connection %s: %s", conn.name, reason)
+        log.debug("closing connection %s: %s", conn.name, reason)
         gevent.spawn(conn.close)
         self._wanted.set()
 
-    # -- filler ----------------------------------------------------------------
+    # -- opening -----------------------------------------------------------------
+
+    def _open(self, timeout: float | None = None) -> BrokerConnection | None:
+        """Open one connection to the next server; None (failure recorded) if it fails."""
+        server = self.servers.pick()
+        self._opened += 1
+        self._connecting += 1
+        self._update_gauges()
+        try:
+            conn = BrokerConnection.open(server, self.settings, f"gateway {self.name} #{self._opened}", timeout)
+        except ConnectionLost as exc:
+            metrics.CONNECTION_EVENTS.labels(*self._labels, "failed").inc()
+            self.servers.failed(server)
+            was_down = self.health.is_down
+            # With other servers still free to try, one refusing is not the role failing.
+            if self.servers.all_quarantined():
+                self.health.record_failure(exc.detail)
+            (log.debug if was_down else log.warning)(
+                "cannot connect to %s: %s", self.name, exc.detail,
+                extra={"event": "connect_failed", "conn_id": self.conn_id, "role": self.role})
+            return None
+        finally:
+            self._connecting -= 1
+            self._update_gauges()
+        self.servers.recovered(server)
+        conn.on_lost = self._on_connection_lost
+        metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
+        if self.settings.max_age > 0:
+            # Jitter, so a pool's connections do not all reconnect together.
+            self._expiry[conn] = time.monotonic() + self.settings.max_age * random.uniform(0.8, 1.0)
+        self.health.record_connected()
+        return conn
 
     def _fill_loop(self) -> None:
         backoff = _BACKOFF_START
         while not self._closed:
-            if self.open_count + self._connecting >= self.size:
+            if self.open_count + self._connecting >= self.min_size:
                 self._wanted.clear()
                 self._wanted.wait()
                 continue
-            self._connecting += 1
-            self._update_gauges()
-            name = f"gateway {self.name} #{len(self._expiry) + 1}"
-            try:
-                conn = BrokerConnection.open(self.address, self.settings, name)
-            except ConnectionLost as exc:
-                metrics.CONNECTION_EVENTS.labels(*self._labels, "failed").inc()
-                was_down = self.health.is_down
-                self.health.record_failure(exc.detail)
-                (log.debug if was_down else log.warning)(
-                    "cannot connect to %s: %s", self.name, exc.detail,
-                    extra={"event": "connect_failed", "conn_id": self.conn_id, "role": self.role})
+            conn = self._open()
+            if conn is None:
                 gevent.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, self.settings.reconnect_backoff_max)
                 continue
-            finally:
-                self._connecting -= 1
             backoff = _BACKOFF_START
-            conn.on_lost = self._on_connection_lost
-            metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
-            if self.settings.max_age > 0:
-                # Jitter, so a pool's connections do not all reconnect together.
-                self._expiry[conn] = time.monotonic() + self.settings.max_age * random.uniform(0.8, 1.0)
             if self._closed:
                 conn.close()
                 break
-            self.health.record_connected()
             self._put(conn)
             self._update_gauges()
 
@@ -245,17 +296,6 @@ class ConnectionPool:
                 self._sweep_idle()
                 next_sweep = time.monotonic() + self.settings.keepalive_interval
 
-    def _give_back_cold(self, conn: BrokerConnection) -> None:
-        self._in_use -= 1
-        if self._closed:
-            gevent.spawn(conn.close)
-        elif not conn.usable:
-            self._discard(conn, conn.lost_reason or "probe failed")
-        elif self._waiters:
-            self._put(conn)
-        else:
-            self._idle.appendleft(conn)
-
     def _probe_health(self, timeout: float) -> None:
         # Health has a connection of its own, outside the pool: a pool whose
         # connections are all stuck under publishes must still be checked.
@@ -265,7 +305,8 @@ class ConnectionPool:
                 if conn is not None:
                     gevent.spawn(conn.abort)
                 self._checker = conn = None
-                conn = BrokerConnection.open(self.address, self.settings, f"gateway {self.name} health",
+                server = self.servers.pick()
+                conn = BrokerConnection.open(server, self.settings, f"gateway {self.name} health",
                                              timeout=min(self.settings.connect_timeout, timeout))
                 self._checker = conn
             conn.probe(timeout)
@@ -276,15 +317,18 @@ class ConnectionPool:
 
     def _sweep_idle(self) -> None:
         now = time.monotonic()
-        for conn in list(self._idle):
+        idle_timeout = self.settings.pool_idle_timeout
+        for conn in list(self._idle):  # coldest first
             if conn not in self._idle:
                 continue  # lent out or discarded meanwhile
             self._idle.remove(conn)
-            self._in_use += 1  # held by the keepalive: nobody else gets it
             if now >= self._expiry.get(conn, float("inf")):
-                self._in_use -= 1
                 self._retire(conn, "max age reached")
                 continue
+            if idle_timeout > 0 and self.open_count + 1 > self.min_size and now - conn.last_used >= idle_timeout:
+                self._retire(conn, f"idle for {idle_timeout:g}s above the minimum size")
+                continue
+            self._in_use += 1  # held by the keepalive: nobody else gets it
             if now - conn.last_used >= self.settings.keepalive_interval:
                 try:
                     conn.probe(self.settings.connect_timeout)
@@ -292,6 +336,17 @@ class ConnectionPool:
                     self.health.record_failure(f"keepalive failed: {exc.detail}")
             self._give_back_cold(conn)
         self._update_gauges()
+
+    def _give_back_cold(self, conn: BrokerConnection) -> None:
+        self._in_use -= 1
+        if self._closed:
+            gevent.spawn(conn.close)
+        elif not conn.usable:
+            self._discard(conn, conn.lost_reason or "probe failed")
+        elif self._waiters:
+            self._put(conn)
+        else:
+            self._idle.appendleft(conn)  # back at the cold end
 
     def _on_health_change(self, health: BrokerHealth, _old: str) -> None:
         metrics.BROKER_UP.labels(*self._labels).set(1 if health.is_up else 0)
@@ -312,8 +367,8 @@ class ConnectionPool:
 
     def snapshot(self) -> dict[str, Any]:
         """State for /readyz and /pools: no secrets."""
-        return {
-            "broker": self.address.display,
+        view: dict[str, Any] = {
+            "broker": self.servers.display,
             "state": self.health.state,
             "open": self.open_count,
             "idle": len(self._idle),
@@ -321,5 +376,10 @@ class ConnectionPool:
             "connecting": self._connecting,
             "waiting": len(self._waiters),
             "size": self.size,
+            "min_size": self.min_size,
+            "max_overflow": self.max_overflow,
             "last_error": self.health.last_error,
         }
+        if len(self.servers.servers) > 1:
+            view["servers"] = self.servers.snapshot()
+        return view

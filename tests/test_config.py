@@ -27,12 +27,12 @@ def test_every_seed_line_parses():
     assert s.zmq_address == "ipc:///tmp/feeds/0"
     spec = s.connection("14")
     assert spec is not None
-    assert (spec.primary.username, spec.primary.password, spec.primary.host, spec.primary.port,
-            spec.primary.vhost) == ("primary_user", "primary_pass", "127.0.0.1", 5672, "virtual_host")
-    assert spec.backup is not None
-    assert (spec.backup.username, spec.backup.host, spec.backup.vhost) == (
+    (primary,), (backup,) = spec.primary, spec.backup
+    assert (primary.username, primary.password, primary.host, primary.port,
+            primary.vhost) == ("primary_user", "primary_pass", "127.0.0.1", 5672, "virtual_host")
+    assert (backup.username, backup.host, backup.vhost) == (
         "secondary_user", "127.0.0.2", "virtual_host")
-    assert s.connection("id").backup is None
+    assert s.connection("id").backup == ()
 
 
 def test_seed_alias_keys():
@@ -75,9 +75,29 @@ def test_display_never_shows_password():
     assert "s3cret" not in b.display and "s3cret" not in repr(b) and "s3cret" not in str(b)
 
 
+def test_several_servers_per_role():
+    s = settings_from_text("RMQ_CONN_STR,a,h1:1/;amqp://h2:2/v; h3:3/ ,b1:4/;b2:5/", "x", {})
+    spec = s.connection("a")
+    assert [b.host for b in spec.primary] == ["h1", "h2", "h3"]
+    assert [b.host for b in spec.backup] == ["b1", "b2"]
+    with pytest.raises(ConfigError, match="empty server"):
+        settings_from_text("RMQ_CONN_STR,a,h1:1/;;h2:1/", "x", {})
+
+
+def test_pool_knobs():
+    s = settings_from_text("RMQ_CONN_STR,a,h:1/\nNO_OF_CONNECTIOS,4\nPOOL_MIN_SIZE,1\nPOOL_MAX_OVERFLOW,3\n"
+                           "SERVER_SELECTION,random", "x", {})
+    assert (s.pool_size, s.min_size, s.pool_max_overflow, s.server_selection) == (4, 1, 3, "random")
+    assert settings_from_text("RMQ_CONN_STR,a,h:1/", "x", {}).min_size == 5
+    with pytest.raises(ConfigError, match="POOL_MIN_SIZE"):
+        settings_from_text("RMQ_CONN_STR,a,h:1/\nNO_OF_CONNECTIOS,2\nPOOL_MIN_SIZE,3", "x", {})
+    with pytest.raises(ConfigError, match="expected one of round_robin, random"):
+        settings_from_text("RMQ_CONN_STR,a,h:1/\nSERVER_SELECTION,fastest", "x", {})
+
+
 def test_comments_blank_lines_and_spaces():
     s = settings_from_text("# comment\n\n   \n  # indented comment\nRMQ_CONN_STR , a , h:1/ \n", "x", {})
-    assert s.connection("a").primary.host == "h"
+    assert s.connection("a").primary[0].host == "h"
 
 
 @pytest.mark.parametrize("text, line, fragment", [
@@ -128,9 +148,9 @@ def test_environment_overrides_file():
     s = settings_from_text("NO_OF_CONNECTIOS,2\nRMQ_CONN_STR,a,h:1/\nRMQ_CONN_STR,b,h:1/", "x", env)
     assert s.pool_size == 9
     assert s.db_password == "from-secret"
-    assert s.connection("a").primary.host == "other" and s.connection("a").backup.host == "backup"
-    assert s.connection("b").primary.host == "h"
-    assert s.connection("new").primary.host == "h2"
+    assert s.connection("a").primary[0].host == "other" and s.connection("a").backup[0].host == "backup"
+    assert s.connection("b").primary[0].host == "h"
+    assert s.connection("new").primary[0].host == "h2"
 
 
 def test_environment_errors_name_the_variable():

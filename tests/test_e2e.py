@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import gevent
 import pytest
@@ -144,7 +145,7 @@ def test_sigterm_during_burst_every_200_is_queued_and_connections_close_cleanly(
     assert set(answered.values()) <= {200, 503}
     # worker_exit closed the AMQP connections with the close handshake.
     gevent.sleep(0.5)
-    entries = re.split(r"\n(?=\d{4}-\d\d-\d\d )", open(RABBIT_LOG, errors="replace").read())
+    entries = re.split(r"\n(?=\d{4}-\d\d-\d\d )", Path(RABBIT_LOG).read_text(errors="replace"))
     ours = [e for e in entries if f"gateway {conn_id}/" in e and "closing AMQP connection" in e]
     assert len(ours) >= 2 * 3, "expected both workers' pooled connections (3 each) to be closed"
     assert not [e for e in ours if "unexpectedly" in e], "a connection was not closed cleanly"

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_exhausted_pool_times_out_with_named_error(start_gateway, rabbit):
-    gw = start_gateway(make_settings({"a": broker()}, "NO_OF_CONNECTIOS,2\nPOOL_TIMEOUT,0.3"))
+    gw = start_gateway(make_settings({"a": broker()}, "NO_OF_CONNECTIOS,2\nPOOL_TIMEOUT,0.3\nPOOL_MAX_OVERFLOW,0"))
     pool = gw.route("a").pools[0]
     wait_until(lambda: pool.open_count == 2, 5, message="pool filled")
     held = [pool.acquire(1), pool.acquire(1)]
