@@ -126,6 +126,8 @@ class BrokerConnection:
         self.closing = False  # we asked for the close: not a failure to report
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
+        # Told (in the hub) when the broker blocks or unblocks it: on_blocked(conn, blocked).
+        self.on_blocked: Callable[[BrokerConnection, bool], None] | None = None
 
     # -- opening -----------------------------------------------------------
 
@@ -206,10 +208,14 @@ class BrokerConnection:
     def _on_blocked(self, _conn: object, _frame: object) -> None:
         self.blocked = True
         log.warning("broker blocked the connection (resource alarm)", extra={"broker": self.address.display})
+        if self.on_blocked is not None:
+            self.on_blocked(self, True)
 
     def _on_unblocked(self, _conn: object, _frame: object) -> None:
         self.blocked = False
         log.info("broker unblocked the connection", extra={"broker": self.address.display})
+        if self.on_blocked is not None:
+            self.on_blocked(self, False)
 
     def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
         # The one channel is the connection's purpose: without it, retire the connection.
@@ -277,7 +283,10 @@ class BrokerConnection:
                     batch.settle(rest, lost)
                 break
         if not batch.done.wait(timeout):
-            self.suspect = True
+            # A blocked connection is healthy, only paused by the broker: keep it
+            # (the pool refuses publishes while it is blocked). Otherwise the
+            # socket may be dead.
+            self.suspect = not self.blocked
             for tag_, entry in list(self._pending.items()):
                 if entry.batch is batch:
                     del self._pending[tag_]

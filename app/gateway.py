@@ -130,7 +130,7 @@ class Route:
                     retrying = True
                     log.warning("connection lost under %d publish(es) on %s; retrying", len(retry), pool.name,
                                 extra={"event": "publish_retry", "conn_id": self.conn_id, "role": pool.role})
-                elif any(isinstance(o, ConfirmTimeout) for o in results):
+                elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
                     pool.health.record_failure("publish not confirmed in time")
                 else:
                     pool.health.record_ok()

@@ -39,7 +39,7 @@ from gevent.event import AsyncResult, Event
 from app import metrics
 from app.broker import BrokerConnection
 from app.config import Servers, Settings
-from app.errors import BrokerUnavailable, ConnectionLost, GatewayError, PoolTimeout
+from app.errors import BrokerBlocked, BrokerUnavailable, ConnectionLost, GatewayError, PoolTimeout
 from app.health import BrokerHealth
 from app.servers import ServerSet
 
@@ -73,6 +73,7 @@ class ConnectionPool:
         self._greenlets: list[gevent.Greenlet] = []
         self._closed = False
         self._checker: BrokerConnection | None = None  # the health check's own connection
+        self._blocked: set[BrokerConnection] = set()  # connections the broker has blocked
         self._labels = (conn_id, role)
         self._update_gauges()
 
@@ -112,7 +113,7 @@ class ConnectionPool:
         while True:
             if self._closed:
                 raise BrokerUnavailable(f"{self.name}: pool is closed")
-            while self._idle:
+            while self._idle and not self._blocked:
                 conn = self._idle.pop()
                 if conn.usable:
                     self._in_use += 1
@@ -121,6 +122,10 @@ class ConnectionPool:
                 self._discard(conn, conn.lost_reason or "found dead in the pool")
             if self.health.is_down:
                 raise BrokerUnavailable(f"{self.name}: broker is down ({self.health.last_error})")
+            if self._blocked:
+                # RabbitMQ blocks each connection only once it publishes: do not
+                # feed it more while it has said it is out of resources.
+                raise BrokerBlocked(f"{self.name}: the broker blocked publishing (resource alarm)")
             now = time.monotonic()
             total = self.open_count + self._connecting
             if total < self.size or (total < self.size + self.max_overflow and now >= overflow_at):
@@ -204,6 +209,7 @@ class ConnectionPool:
 
     def _discard(self, conn: BrokerConnection, reason: str) -> None:
         self._expiry.pop(conn, None)
+        self._blocked.discard(conn)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
         log.info("discarding connection %s: %s", conn.name, reason,
                  extra={"event": "connection_discarded", "conn_id": self.conn_id, "role": self.role})
@@ -212,6 +218,7 @@ class ConnectionPool:
 
     def _retire(self, conn: BrokerConnection, reason: str) -> None:
         self._expiry.pop(conn, None)
+        self._blocked.discard(conn)
         conn.suspect = True  # keep it out of use while it closes
         metrics.CONNECTION_EVENTS.labels(*self._labels, "recycled").inc()
         log.debug("closing connection %s: %s", conn.name, reason)
@@ -244,6 +251,7 @@ class ConnectionPool:
             self._update_gauges()
         self.servers.recovered(server)
         conn.on_lost = self._on_connection_lost
+        conn.on_blocked = self._on_connection_blocked
         metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
         if self.settings.max_age > 0:
             # Jitter, so a pool's connections do not all reconnect together.
@@ -274,12 +282,20 @@ class ConnectionPool:
         # Runs in the gevent hub: only bookkeeping, nothing that blocks.
         # A lost connection is not by itself a failed check: a broker cut
         # fails the filler's reconnects at once, a blip does not.
+        self._blocked.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
             self._expiry.pop(conn, None)
             metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
             self._update_gauges()
         self._wanted.set()
+
+    def _on_connection_blocked(self, conn: BrokerConnection, blocked: bool) -> None:
+        # Runs in the gevent hub.
+        if blocked:
+            self._blocked.add(conn)
+        else:
+            self._blocked.discard(conn)
 
     # -- keepalive and health --------------------------------------------------
 
@@ -375,6 +391,7 @@ class ConnectionPool:
             "in_use": self._in_use,
             "connecting": self._connecting,
             "waiting": len(self._waiters),
+            "blocked": bool(self._blocked),
             "size": self.size,
             "min_size": self.min_size,
             "max_overflow": self.max_overflow,

@@ -149,3 +149,12 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
             raise AssertionError(f"{message} not met within {timeout}s")
         gevent.sleep(interval)
     return time.monotonic() - start
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the fault-injection table when fault scenarios ran."""
+    from tests.support import report
+
+    if report.ROWS:
+        terminalreporter.write_sep("=", "fault injection summary")
+        terminalreporter.write_line(report.markdown())

@@ -13,7 +13,7 @@ import pytest
 
 from app.errors import BrokerUnavailable
 from tests.conftest import make_settings, wait_until
-from tests.support.burst import Burst, account
+from tests.support.burst import Burst, account, in_process
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_primary_fault_moves_traffic_to_backup_and_back(fault, start_gateway, tw
     gw = start_gateway(make_settings({"x": _spec(primary, backup, vhosts)}, DEFAULT_HEALTH))
     route = gw.route("x")
     wait_until(lambda: route.ready and route.active_role == "primary", 5)
-    burst = Burst(lambda body: gw.publish("x", queue, body)).start()
+    burst = Burst(in_process(gw, "x", queue)).start()
     gevent.sleep(1)
 
     broke_at = time.monotonic()

@@ -3,28 +3,63 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gevent
 
 from app.errors import GatewayError
 
+# publish(body) -> None when acknowledged, else the error code it was answered
+PublishFn = Callable[[bytes], "str | None"]
+
+
+def in_process(gateway, conn_id: str, queue: str) -> PublishFn:
+    """Publish through a Gateway object."""
+
+    def publish(body: bytes) -> str | None:
+        try:
+            gateway.publish(conn_id, queue, body)
+        except GatewayError as exc:
+            return exc.code
+        return None
+
+    return publish
+
+
+def over_http(port: int, conn_id: str, queue: str, timeout: float = 30) -> PublishFn:
+    """Publish through the gateway's HTTP route (one connection per request)."""
+    from tests.support.server import publish as http_publish
+
+    prefix = f"{conn_id}|{queue}|".encode()
+
+    def publish(body: bytes) -> str | None:
+        try:
+            status, answer = http_publish(port, prefix + body, timeout=timeout)
+        except OSError as exc:
+            return f"io:{type(exc).__name__}"
+        return None if status == 200 else answer.get("error", str(status))
+
+    return publish
+
 
 @dataclass
 class Burst:
     """Publishes b"<seq>" every ``interval`` from ``concurrency`` greenlets until stopped."""
 
-    publish: object  # callable(body: bytes) -> None, raises GatewayError
+    publish: PublishFn
     interval: float = 0.01
     concurrency: int = 4
     limit: int = 100_000
     ok: dict[int, float] = field(default_factory=dict)  # seq -> time answered OK
     errors: dict[int, tuple[float, str]] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
     sent: int = 0
 
     def start(self) -> Burst:
         self._stop = False
         self._seq = 0
+        self.started = time.monotonic()
         self._greenlets = [gevent.spawn(self._run) for _ in range(self.concurrency)]
         return self
 
@@ -33,18 +68,26 @@ class Burst:
             self._seq += 1
             seq = self._seq
             self.sent += 1
-            try:
-                self.publish(b"%d" % seq)
-            except GatewayError as exc:
-                self.errors[seq] = (time.monotonic(), exc.code)
+            began = time.monotonic()
+            code = self.publish(b"%d" % seq)
+            now = time.monotonic()
+            self.latencies.append(now - began)
+            if code is None:
+                self.ok[seq] = now
             else:
-                self.ok[seq] = time.monotonic()
-            gevent.sleep(self.interval)
+                self.errors[seq] = (now, code)
+            if self.interval:
+                gevent.sleep(self.interval)
 
     def stop(self, timeout: float = 30) -> None:
         self._stop = True
         gevent.joinall(self._greenlets, timeout=timeout)
         assert all(g.dead for g in self._greenlets), "a publisher hung"
+
+    def first_ok_after(self, moment: float, seqs: set[int] | None = None) -> float | None:
+        """Seconds from ``moment`` to the first OK after it (among ``seqs``), or None."""
+        times = [t for seq, t in self.ok.items() if t >= moment and (seqs is None or seq in seqs)]
+        return min(times) - moment if times else None
 
 
 def account(burst: Burst, *queues: list[bytes]) -> dict[str, int]:
@@ -61,7 +104,8 @@ def account(burst: Burst, *queues: list[bytes]) -> dict[str, int]:
         "found": len(found),
         "lost": len(lost),
         "duplicated": sum(n - 1 for n in found.values() if n > 1),
-        # Refused but delivered: allowed only for errors that mean "cannot know".
+        # Refused but delivered: allowed only for answers that mean "cannot know".
         "refused_but_delivered": sum(1 for seq, (_, code) in burst.errors.items()
-                                     if seq in found and code not in ("confirm_timeout", "connection_lost")),
+                                     if seq in found and code not in ("confirm_timeout", "connection_lost")
+                                     and not code.startswith("io:")),
     }
