@@ -27,11 +27,16 @@ run: venv  ## Run the gateway with config/pool.cfg (gunicorn, gevent workers)
 test: venv services  ## Run the whole test suite against the real brokers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: venv  ## Benchmark the gateway against its baselines (wrk, management API, ...)
+	scripts/ensure-services.sh rabbitmq
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) bench/run.py
+
 lint: venv  ## ruff and mypy
-	$(VENV)/bin/ruff check app tests gunicorn.conf.py
+	$(VENV)/bin/ruff check app tests bench gunicorn.conf.py
 	$(VENV)/bin/mypy
 
 clean:  ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv services run test lint clean
+.PHONY: help venv services run test bench lint clean

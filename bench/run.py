@@ -1,0 +1,354 @@
+"""``make bench``: the gateway against its baselines, measured in one invocation.
+
+Everything publishes 100-byte persistent messages with confirms to a durable
+queue of the local RabbitMQ. Ratios compare figures taken in the same run on
+the same machine, never against a stored number:
+
+1. gateway ``POST /publish`` under wrk (32 connections): requests/s, p50, p99;
+2. RabbitMQ's management HTTP publish endpoint under the same load;
+3. a new pika connection per message (two processes);
+4. a no-op route of the same gunicorn + gevent + Flask stack (the ceiling);
+5. ZeroMQ through the gateway against raw pika without confirms
+   (``bench/zmq_bench.py``, when present);
+6. throughput by pool size and workers, and a worker's memory with
+   10 connection ids x 5 connections.
+
+Results: a table on stdout, ``bench/results/latest.json`` (and a dated copy),
+and ``bench/results/latest.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pika
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+BODY = "x" * 100
+QUEUE = "bench.gateway"
+PYTHON = sys.executable
+
+
+def log(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+# -- set-up ---------------------------------------------------------------------
+
+
+def ensure_tools() -> None:
+    """wrk from the distribution, and RabbitMQ's management plugin."""
+    if not shutil.which("wrk"):
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            log("installing wrk")
+            subprocess.run(["apt-get", "update", "-qq"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env={**os.environ,
+                           "DEBIAN_FRONTEND": "noninteractive"})
+        else:
+            sys.exit("bench: wrk is missing; install it (apt-get install wrk)")
+    if not port_open(15672):
+        log("enabling rabbitmq_management")
+        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True,
+                       stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not port_open(15672):
+            if time.monotonic() > deadline:
+                sys.exit("bench: the management plugin did not open port 15672")
+            time.sleep(0.5)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def amqp_channel() -> tuple[pika.BlockingConnection, Any]:
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+    return connection, connection.channel()
+
+
+def reset_queue() -> None:
+    connection, channel = amqp_channel()
+    channel.queue_declare(QUEUE, durable=True)
+    channel.queue_purge(QUEUE)
+    connection.close()
+
+
+def queue_count() -> int:
+    connection, channel = amqp_channel()
+    count = channel.queue_declare(QUEUE, passive=True).method.message_count
+    connection.close()
+    return int(count)
+
+
+class Server:
+    """gunicorn with our gunicorn.conf.py on a free port (the gateway, or another app)."""
+
+    def __init__(self, cfg: str, workers: int = 2, app: str | None = None):
+        self.dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+        (self.dir / "pool.cfg").write_text(cfg)
+        self.port = free_port()
+        self.args = [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}",
+                     "--workers", str(workers)] + ([app] if app else [])
+        self.env = {**os.environ, "GATEWAY_CONFIG": str(self.dir / "pool.cfg")}
+
+    def __enter__(self) -> Server:
+        self.log = open(self.dir / "gunicorn.log", "wb")
+        self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        path = "/readyz" if "noop" not in " ".join(self.args) else "/publish"
+        while time.monotonic() < deadline:
+            try:
+                method = "GET" if path == "/readyz" else "POST"
+                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method, data=None)
+                with urllib.request.urlopen(req, timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"server did not start: {(self.dir / 'gunicorn.log').read_text()[-2000:]}")
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def __exit__(self, *_exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def gateway_cfg(pool: int = 5, ids: int = 1) -> str:
+    lines = [f"NO_OF_CONNECTIOS,{pool}", "LOG_LEVEL,WARNING"]
+    lines += [f"RMQ_CONN_STR,{'bench' if i == 0 else f'bench{i}'},guest:guest@127.0.0.1:5672/" for i in range(ids)]
+    return "\n".join(lines) + "\n"
+
+
+# -- load -------------------------------------------------------------------------
+
+
+def wrk(url: str, body: str, headers: dict[str, str] | None = None, seconds: float = SECONDS) -> dict[str, Any]:
+    """Run wrk with a POST body; requests/s, p50/p99 in ms, and the non-2xx count."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
+    for key, value in (headers or {}).items():
+        lines.append(f"wrk.headers[{json.dumps(key)}] = {json.dumps(value)}")
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    script.unlink()
+
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "requests": total,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def bench_gateway(workers: int = 2, pool: int = 5, seconds: float = SECONDS) -> dict[str, Any]:
+    reset_queue()
+    with Server(gateway_cfg(pool), workers) as server:
+        result = wrk(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds=seconds)
+    result["in_queue"] = queue_count()
+    # Every 200 must be in the queue (wrk may not count the last answers in flight).
+    result["counted"] = result["in_queue"] >= result["requests"] - result["non_2xx"]
+    return result
+
+
+def bench_management() -> dict[str, Any]:
+    reset_queue()
+    payload = json.dumps({"properties": {"delivery_mode": 2}, "routing_key": QUEUE, "payload": BODY,
+                          "payload_encoding": "string"})
+    result = wrk("http://127.0.0.1:15672/api/exchanges/%2F/amq.default/publish", payload,
+                 {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type": "application/json"})
+    result["in_queue"] = queue_count()
+    return result
+
+
+def bench_noop() -> dict[str, Any]:
+    with Server(gateway_cfg(), 2, app="bench.noop_app:app") as server:
+        return wrk(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}")
+
+
+def bench_conn_per_message() -> dict[str, Any]:
+    reset_queue()
+    procs = [subprocess.Popen([PYTHON, str(REPO / "bench" / "conn_per_message.py"), str(SECONDS), QUEUE],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = [json.loads(proc.communicate()[0]) for proc in procs]
+    rate = sum(run["messages"] / run["seconds"] for run in runs)
+    return {"rps": rate, "processes": 2, "in_queue": queue_count()}
+
+
+def bench_zmq() -> dict[str, Any] | None:
+    script = REPO / "bench" / "zmq_bench.py"
+    if not script.exists():
+        return None
+    done = subprocess.run([PYTHON, str(script), "--json"], cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        log(f"zmq bench failed: {done.stderr[-1000:]}")
+        return {"error": done.stderr[-500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def bench_scaling() -> list[dict[str, Any]]:
+    rows = []
+    for workers in (1, 2):
+        for pool in (1, 2, 5, 10):
+            result = bench_gateway(workers, pool, seconds=max(SECONDS / 2, 3))
+            rows.append({"workers": workers, "pool": pool, "rps": result["rps"], "p99_ms": result["p99_ms"]})
+            log(f"scaling workers={workers} pool={pool}: {result['rps']:.0f} req/s")
+    return rows
+
+
+def bench_memory() -> dict[str, Any]:
+    reset_queue()
+    with Server(gateway_cfg(pool=5, ids=10), 1) as server:
+        time.sleep(2)
+        pid = server.worker_pids()[0]
+        before = rss_kib(pid)
+        wrk(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds=3)
+        after = rss_kib(pid)
+    return {"ids": 10, "connections_per_id": 5, "rss_mib_idle": before / 1024, "rss_mib_after_load": after / 1024}
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    g = results["gateway"]
+    rows = [
+        "| what | req/s (msg/s) | p50 ms | p99 ms | gateway ÷ it |",
+        "|---|---|---|---|---|",
+        f"| gateway POST /publish (2 workers, pool 5) | {g['rps']:.0f} | {g['p50_ms']:.1f} "
+        f"| {g['p99_ms']:.1f} | 1.00 |",
+    ]
+    for key, name in (("management", "RabbitMQ management API publish"),
+                      ("conn_per_message", "new pika connection per message (2 processes)"),
+                      ("noop", "no-op route, same gunicorn+gevent+Flask")):
+        r = results[key]
+        p50 = f"{r['p50_ms']:.1f}" if "p50_ms" in r else "-"
+        p99 = f"{r['p99_ms']:.1f}" if "p99_ms" in r else "-"
+        rows.append(f"| {name} | {r['rps']:.0f} | {p50} | {p99} | {g['rps'] / r['rps']:.2f} |")
+    z = results.get("zmq")
+    if z and "gateway_msgs_per_s" in z:
+        rows.append(f"| ZeroMQ through the gateway (confirmed) | {z['gateway_msgs_per_s']:.0f} | - | - | - |")
+        rows.append(f"| raw pika, no confirms, tight loop | {z['raw_msgs_per_s']:.0f} | - | - | "
+                    f"{z['gateway_msgs_per_s'] / z['raw_msgs_per_s']:.2f} (ZeroMQ ÷ raw) |")
+    rows += ["", "| workers | pool size | req/s | p99 ms |", "|---|---|---|---|"]
+    rows += [f"| {r['workers']} | {r['pool']} | {r['rps']:.0f} | {r['p99_ms']:.1f} |" for r in results["scaling"]]
+    m = results["memory"]
+    rows += ["", f"Worker RSS with {m['ids']} ids x {m['connections_per_id']} connections: "
+                 f"{m['rss_mib_idle']:.1f} MiB idle, {m['rss_mib_after_load']:.1f} MiB after load."]
+    return "\n".join(rows)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = ["gateway", "management API", "conn/message", "no-op route"]
+    values = [results[k]["rps"] for k in ("gateway", "management", "conn_per_message", "noop")]
+    z = results.get("zmq")
+    if z and "gateway_msgs_per_s" in z:
+        names += ["ZeroMQ gateway", "raw pika (no confirms)"]
+        values += [z["gateway_msgs_per_s"], z["raw_msgs_per_s"]]
+    left.barh(names[::-1], values[::-1], color="#4878a8")
+    left.set_xlabel("messages per second (100 B, confirmed unless said)")
+    left.set_title("Publishing, one run")
+    for workers in (1, 2):
+        rows = [r for r in results["scaling"] if r["workers"] == workers]
+        right.plot([r["pool"] for r in rows], [r["rps"] for r in rows], marker="o", label=f"{workers} worker(s)")
+    right.set_xlabel("pool size (connections per broker per worker)")
+    right.set_ylabel("req/s")
+    right.set_title("Gateway HTTP throughput by pool size")
+    right.legend()
+    fig.suptitle(results["machine"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    ensure_tools()
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.python_version()}",
+        "seconds": SECONDS,
+        "connections": CONNECTIONS,
+    }
+    log("gateway"); results["gateway"] = bench_gateway()  # noqa: E702
+    log("management API"); results["management"] = bench_management()  # noqa: E702
+    log("connection per message"); results["conn_per_message"] = bench_conn_per_message()  # noqa: E702
+    log("no-op route"); results["noop"] = bench_noop()  # noqa: E702
+    log("zeromq"); results["zmq"] = bench_zmq()  # noqa: E702
+    results["scaling"] = bench_scaling()
+    log("memory"); results["memory"] = bench_memory()  # noqa: E702
+    g = results["gateway"]["rps"]
+    results["ratios"] = {
+        "gateway_over_management": g / results["management"]["rps"],
+        "gateway_over_conn_per_message": g / results["conn_per_message"]["rps"],
+        "gateway_over_noop": g / results["noop"]["rps"],
+    }
+    z = results["zmq"]
+    if z and "gateway_msgs_per_s" in z:
+        results["ratios"]["zmq_over_raw_pika"] = z["gateway_msgs_per_s"] / z["raw_msgs_per_s"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2)
+    (RESULTS / "latest.json").write_text(text + "\n")
+    (RESULTS / f"{results['when'].replace(':', '')}.json").write_text(text + "\n")
+    chart(results, RESULTS / "latest.png")
+    print(table(results))
+    print("\nratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
+    reset_queue()
+
+
+if __name__ == "__main__":
+    main()
