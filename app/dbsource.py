@@ -56,13 +56,15 @@ def _shown(conn_id: str) -> str:
     return repr(conn_id if len(conn_id) <= 80 else conn_id[:80] + "...")
 
 
-def _passwords_in(url: str) -> list[str]:
-    """The password written in a broker address, raw and percent-decoded, if any."""
-    userinfo, at, _ = url.split("://", 1)[-1].rpartition("@")
-    _, colon, password = userinfo.partition(":")
-    if not (at and colon and password):
-        return []
-    return list({password, urllib.parse.unquote(password)})
+def _passwords_in(text: str) -> list[str]:
+    """The passwords written in a broker address (or a ``;`` list of them), raw and decoded."""
+    found: set[str] = set()
+    for url in text.split(";"):
+        userinfo, at, _ = url.split("://", 1)[-1].rpartition("@")
+        _, colon, password = userinfo.partition(":")
+        if at and colon and password:
+            found.update((password, urllib.parse.unquote(password)))
+    return sorted(found)
 
 
 def specs_from_rows(rows: Iterable[Row]) -> tuple[list[ConnectionSpec], dict[str, str]]:
@@ -74,17 +76,16 @@ def specs_from_rows(rows: Iterable[Row]) -> tuple[list[ConnectionSpec], dict[str
         try:
             specs.append(parse_connection(conn_id, urls))
         except ValueError as exc:
-            reason = str(exc)
-            for url in urls:  # a broken address is never echoed with its password
-                for password in _passwords_in(url):
-                    reason = reason.replace(password, "***")
-            skipped[conn_id] = reason
+            # The parser's messages quote only what follows the "@" (port,
+            # scheme, option names), never the password before it; the log
+            # redactor and status() mask the row's passwords all the same.
+            skipped[conn_id] = str(exc)
     return specs, skipped
 
 
-def secrets_of(specs: Iterable[ConnectionSpec], rows: Iterable[Row] = ()) -> list[str]:
+def secrets_of(settings: Settings, specs: Sequence[ConnectionSpec], rows: Iterable[Row] = ()) -> list[str]:
     """Every broker password in the specs and in the raw rows, for the log redactor."""
-    found = [addr.password for spec in specs for _, addr in spec.brokers() if addr.password]
+    found = settings.replace(connections=tuple(specs)).secrets()
     for _, primary, backup in rows:
         for url in (primary or "", backup or ""):
             found.extend(_passwords_in(url))
@@ -192,7 +193,7 @@ class DbSource:
             cur.execute(QUERY)
             rows: list[Row] = cur.fetchall()
         specs, skipped = specs_from_rows(rows)
-        logs.register_secrets(secrets_of(specs, rows))
+        logs.register_secrets(secrets_of(self.settings, specs, rows))
         self._report_skipped(skipped)
         before = {conn_id: route.spec for conn_id, route in self.gateway.routes.items()}
         self.gateway.set_connections(specs, warmup=SWITCH_WARMUP if self.loaded else 0.0)
@@ -292,7 +293,7 @@ class DbSource:
             "last_sync": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_sync))
                           if self.last_sync else None),
             "last_error": self.last_error,
-            "skipped_rows": dict(self.skipped),
+            "skipped_rows": {conn_id: logs.redact(reason) for conn_id, reason in self.skipped.items()},
         }
 
     def _publish_status(self) -> None:
