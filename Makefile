@@ -24,6 +24,9 @@ run: venv  ## Run the gateway with config/pool.cfg (gunicorn, gevent workers)
 	scripts/ensure-services.sh rabbitmq
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
 
+schema: venv  ## Apply config/schema.sql to the database GATEWAY_CONFIG names (idempotent)
+	$(PY) -m app.dbschema
+
 test: venv services  ## Run the whole test suite against the real brokers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -39,4 +42,4 @@ lint: venv  ## ruff and mypy
 clean:  ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv services run test bench lint clean
+.PHONY: help venv services run schema test bench lint clean

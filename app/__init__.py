@@ -5,7 +5,9 @@
 builds the worker's :class:`~app.gateway.Gateway` and registers the routes
 and the one error handler. It runs inside a gunicorn worker, after gevent's
 monkey-patching; the pools connect in background greenlets, so the app
-answers ``/healthz`` at once even with no broker reachable.
+answers ``/healthz`` at once even with no broker reachable. With ``USE_DB``
+the connection ids come from :class:`~app.dbsource.DbSource` instead of the
+file, read in a background greenlet too.
 """
 
 from __future__ import annotations
@@ -40,13 +42,28 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     app.register_error_handler(GatewayError, _error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
+    if settings.use_db and settings.connections:
+        log.warning("USE_DB is true: the %d RMQ_CONN_STR line(s) of %s are ignored; "
+                    "connection ids come from PostgreSQL", len(settings.connections), settings.source,
+                    extra={"event": "config_lines_ignored"})
     if start:
-        gateway.start()
+        if settings.use_db:
+            from app.dbsource import DbSource
+
+            gateway.start(specs=())  # routes arrive from the database
+            source = DbSource(settings, gateway)
+            app.extensions["dbsource"] = source
+            source.start()
+        else:
+            gateway.start()
     return app
 
 
 def shutdown(app: Flask, timeout: float = 2.0) -> None:
     """Close the worker's AMQP connections cleanly (gunicorn's worker_exit)."""
+    source = app.extensions.pop("dbsource", None)
+    if source is not None:
+        source.stop(timeout)  # first, so no config change lands while closing
     gateway = app.extensions.get("gateway")
     if gateway is not None:
         gateway.close(timeout)

@@ -292,6 +292,13 @@ OPTIONS: tuple[Option, ...] = (
            secret=True),
     Option("DB_HOST_ADDRESS", "db_host", "127.0.0.1", _text, "PostgreSQL host."),
     Option("DB_PORT", "db_port", "5432", _number(int, 1, 65535), "PostgreSQL port."),
+    Option("DB_TIMEOUT", "db_timeout", "5", _number(float, 0.1, 120.0),
+           "Seconds allowed to connect to PostgreSQL and for each query."),
+    Option("DB_RESYNC_INTERVAL", "db_resync_interval", "10", _number(float, 0.2, 86400.0),
+           "Seconds between full re-reads of `rmq_connections`: the safety net for missed notifications "
+           "(changes normally arrive at once by LISTEN/NOTIFY); it also notices a silently dead database link."),
+    Option("DB_RECONNECT_BACKOFF_MAX", "db_reconnect_backoff_max", "5", _number(float, 0.05, 300.0),
+           "Longest pause between attempts to reach PostgreSQL (exponential from 0.1 s)."),
     Option("NO_OF_CONNECTIOS", "pool_size", "5", _number(int, 1, 1000),
            "Connections kept open per RabbitMQ server (seed spelling).",
            aliases=("NO_OF_CONNECTIONS", "POOL_SIZE")),
@@ -362,6 +369,9 @@ class Settings:
     db_password: str = field(default="", repr=False)
     db_host: str = "127.0.0.1"
     db_port: int = 5432
+    db_timeout: float = 5.0
+    db_resync_interval: float = 10.0
+    db_reconnect_backoff_max: float = 5.0
     pool_size: int = 5
     zmq_address: str = ""
     pool_timeout: float = 2.0

@@ -185,35 +185,56 @@ class Gateway:
         self.started = True
         self.set_connections(self.settings.connections if specs is None else specs)
 
-    def set_connections(self, specs: Sequence[ConnectionSpec]) -> None:
+    def set_connections(self, specs: Sequence[ConnectionSpec], warmup: float = 0.0) -> None:
         """Make the routes match ``specs``: open new ids, replace changed ones, drop removed ones.
 
         A changed id gets its new route started first; the old one keeps the
-        publishes already under way and is closed once they are done.
+        publishes already under way and is closed once they are done. With
+        ``warmup``, new and changed routes get up to that many seconds to open
+        a connection before traffic moves to them (the old route serves meanwhile).
         """
         wanted = {spec.conn_id: spec for spec in specs}
-        new_routes = dict(self.routes)
-        retired: list[Route] = []
+        fresh: dict[str, Route] = {}
         for conn_id, spec in wanted.items():
             current = self.routes.get(conn_id)
             if current is not None and current.spec == spec:
                 continue
-            route = Route(spec, self.settings)
+            fresh[conn_id] = route = Route(spec, self.settings)
             route.start()
-            new_routes[conn_id] = route
+        if warmup > 0 and fresh:
+            try:
+                self._warm_up(list(fresh.values()), warmup)
+            except BaseException:
+                for route in fresh.values():  # killed while warming up: leave nothing running
+                    gevent.spawn(route.close)
+                raise
+        # From here on nothing yields: the swap is atomic for every other greenlet.
+        new_routes = dict(self.routes)
+        retired: list[Route] = []
+        for conn_id, route in fresh.items():
+            current = new_routes.get(conn_id)
             if current is not None:
                 retired.append(current)
+            new_routes[conn_id] = route
         for conn_id in set(self.routes) - set(wanted):
-            retired.append(self.routes[conn_id])
-            del new_routes[conn_id]
+            retired.append(new_routes.pop(conn_id))
         self.routes = new_routes
         for route in retired:
             gevent.spawn(self._retire, route)
 
+    @staticmethod
+    def _warm_up(routes: list[Route], timeout: float) -> None:
+        # Ready, or settled as down (an unreachable broker fails its first connect at once).
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(
+                route.ready or all(pool.health.is_down for pool in route.pools) for route in routes):
+            gevent.sleep(0.01)
+
     def _retire(self, route: Route) -> None:
-        # Let publishes in flight on the old pools finish before closing them.
+        # Let publishes in flight on the old pools (holding or waiting for a
+        # connection) finish before closing them.
         deadline = time.monotonic() + self.settings.publish_timeout + 1
-        while any(pool._in_use for pool in route.pools) and time.monotonic() < deadline:
+        while any(pool._in_use or pool._waiters for pool in route.pools) and time.monotonic() < deadline:
             gevent.sleep(0.05)
         route.close()
 

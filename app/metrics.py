@@ -60,6 +60,23 @@ BROKER_UP = Gauge(
     ["conn_id", "role"], multiprocess_mode="livemin",
 )
 
+CONFIG_SYNCS = Counter(
+    "gateway_config_syncs_total",
+    "Reads of the rmq_connections table, by trigger (connect, notification, periodic).",
+    ["trigger"],
+)
+CONFIG_DB_RETRIES = Counter(
+    "gateway_config_db_retries_total", "Failed attempts to reach or read the PostgreSQL config database.",
+)
+CONFIG_DB_UP = Gauge(
+    "gateway_config_db_up", "1 while the worker is connected to the PostgreSQL config database (USE_DB).",
+    ["database"], multiprocess_mode="livemin",
+)
+CONFIG_ROWS_SKIPPED = Gauge(
+    "gateway_config_rows_skipped", "Rows of rmq_connections skipped because they do not parse.",
+    multiprocess_mode="livemax",
+)
+
 
 def render() -> tuple[bytes, str]:
     """The metrics page and its content type."""

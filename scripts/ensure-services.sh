@@ -59,6 +59,14 @@ ensure_rabbitmq() {
     fi
 }
 
+pg_latest() {  # pg_latest DIR: the highest PostgreSQL version directory in DIR, or nothing
+    ls "$1" 2>/dev/null | sort -V | tail -n 1
+}
+
+as_postgres() {  # run a command as the postgres OS user, from a directory it can read
+    (cd / && runuser -u postgres -- "$@")
+}
+
 ensure_postgres() {
     if ! port_open "$PG_PORT"; then
         if ! command -v pg_ctlcluster >/dev/null 2>&1; then
@@ -70,26 +78,51 @@ ensure_postgres() {
                 return 1
             fi
         fi
+        # The package's own service may have started it (not in containers without an init system).
         if ! port_open "$PG_PORT"; then
             if [ "$(id -u)" != 0 ]; then
                 say "PostgreSQL is installed but not running: start it with 'sudo pg_ctlcluster <version> main start'."
                 return 1
             fi
             local version
-            version=$(ls /etc/postgresql | sort -V | tail -n 1)
+            version=$(pg_latest /etc/postgresql)
+            if [ -z "$version" ]; then
+                # Installed without a cluster (create_main_cluster=false, or removed): make one.
+                version=$(pg_latest /usr/lib/postgresql)
+                if [ -z "$version" ]; then
+                    say "no PostgreSQL server found under /usr/lib/postgresql; install the postgresql package"
+                    return 1
+                fi
+                say "creating the PostgreSQL $version cluster 'main' on port $PG_PORT"
+                pg_createcluster --port "$PG_PORT" "$version" main >/dev/null
+            fi
             say "starting PostgreSQL $version (pg_ctlcluster $version main start)"
             pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
                 || pg_ctlcluster "$version" main start
             wait_port PostgreSQL "$PG_PORT" 60
         fi
     fi
-    # The tests log in as postgres/postgres over TCP. Trust auth takes any
-    # password; a fresh Debian cluster wants one set, which root can do.
-    if command -v psql >/dev/null 2>&1 && \
-        ! PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then
+    # The tests log in over TCP as the superuser postgres, password postgres, to
+    # create a database and a role of their own. A fresh Debian cluster asks
+    # for a password on 127.0.0.1 (scram-sha-256) and postgres has none: root sets it.
+    if ! command -v psql >/dev/null 2>&1; then
+        if can_install; then
+            apt_install postgresql-client
+        else
+            say "psql is missing: cannot check the test login (install postgresql-client)."
+            return 1
+        fi
+    fi
+    if ! PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+            -Atqc 'select 1' >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1 && id postgres >/dev/null 2>&1; then
             say "setting the postgres user's password for the tests"
-            runuser -u postgres -- psql -p "$PG_PORT" -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+            as_postgres psql -p "$PG_PORT" -qc "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+            PGPASSWORD=postgres PGCONNECT_TIMEOUT=5 psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+                -Atqc 'select 1' >/dev/null || {
+                say "still cannot log in as postgres/postgres on 127.0.0.1:$PG_PORT: check pg_hba.conf"
+                return 1
+            }
         else
             say "cannot log in to PostgreSQL as postgres/postgres on 127.0.0.1:$PG_PORT; set that password or trust auth."
             return 1
