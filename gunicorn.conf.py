@@ -13,6 +13,15 @@ import shutil
 import sys
 import tempfile
 
+# prometheus_client chooses where samples live when it is first imported. The
+# master imports the app's modules (on_starting checks the config) and then
+# forks the workers, so the multi-process directory must be in the
+# environment before anything imports it: here, first thing.
+_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
 wsgi_app = "app.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
@@ -43,7 +52,7 @@ logconfig_dict = {
 
 
 def on_starting(server):
-    """Master: check the config before any worker boots; set up multi-process metrics."""
+    """Master: check the config before any worker boots."""
     from app.config import ConfigError, load_settings
 
     try:
@@ -52,10 +61,6 @@ def on_starting(server):
         # One line, no traceback, never a password (ConfigError never holds one).
         sys.stderr.write(f"gateway: config error: {err}\n")
         sys.exit(1)
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        path = tempfile.mkdtemp(prefix="gateway-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-        server._gateway_metrics_dir = path
 
 
 def post_fork(server, worker):
@@ -81,6 +86,5 @@ def child_exit(server, worker):
 
 def on_exit(server):
     """Master: remove the metrics directory we made."""
-    path = getattr(server, "_gateway_metrics_dir", None)
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
+    if _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -199,3 +199,32 @@ def test_bad_config_fails_start_with_one_line(tmp_path):
     assert errors == [f"gateway: config error: {bad}:2: connection id 'a': primary: invalid port 'notaport'"]
     assert "Traceback" not in done.stderr and "SuperSecret99" not in done.stderr + done.stdout
     assert "Booting worker" not in done.stderr
+
+
+def test_metrics_add_up_over_both_workers(server, rabbit):
+    queue = rabbit.queue()
+    gw = server({"a": f"guest:guest@127.0.0.1:{AMQP_PORT}/"})
+    jobs = [gevent.spawn(publish, gw.port, f"a|{queue}|{i}".encode()) for i in range(200)]
+    gevent.joinall(jobs, timeout=60)
+    assert all(job.value[0] == 200 for job in jobs)
+    publish(gw.port, b"a|test.no.such.queue|x")
+    status, headers, body = request(gw.port, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = body.decode()
+
+    def sample(name, **labels):
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                got = ",".join(sorted(line[len(name) + 1:line.index("}")].split(",")))
+                if got == want:
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    assert sample("gateway_publish_total", ingress="http", conn_id="a", outcome="ok") == 200
+    assert sample("gateway_publish_total", ingress="http", conn_id="a", outcome="unroutable") == 1
+    assert rabbit.count(queue) == 200
+    # Live gauges add up over the two workers: 3 pooled connections each.
+    open_total = sum(sample("gateway_pool_connections", conn_id="a", role="primary", state=s)
+                     for s in ("idle", "in_use"))
+    assert open_total == 6
