@@ -34,7 +34,9 @@ keepalive = 5
 # gunicorn 27's control socket sits at one fixed path per user: two gateways on
 # one host (or a test run beside a dev server) would fight over it.
 control_socket_disable = True
-accesslog = None  # GUNICORN_CMD_ARGS="--access-logfile -" turns it on, as JSON
+# gunicorn logs every request once a logconfig_dict is set, and a log line
+# costs more than a publish: access logs are off unless GATEWAY_ACCESS_LOG=true.
+_access_log = os.environ.get("GATEWAY_ACCESS_LOG", "false").lower() in ("1", "true", "yes", "on")
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -45,7 +47,8 @@ logconfig_dict = {
     "root": {"level": "INFO", "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stderr"], "level": "INFO" if _access_log else "CRITICAL",
+                            "propagate": False},
         "pika": {"level": "CRITICAL"},  # the pools log connection events themselves
     },
 }

@@ -159,6 +159,7 @@ class BrokerConnection:
 
     def _on_open(self, ready: AsyncResult) -> None:
         assert self._conn is not None
+        _coalesce_writes(self._conn)
         self._conn.add_on_connection_blocked_callback(self._on_blocked)
         self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
 
@@ -346,6 +347,32 @@ class BrokerConnection:
             # Still opening: closing aborts the connection workflow.
             with contextlib.suppress(pika.exceptions.AMQPError):
                 conn.close()
+
+
+def _coalesce_writes(conn: GeventConnection) -> None:
+    """Send everything buffered in one ``send()`` instead of one per AMQP frame.
+
+    pika queues each frame (method, header, body) as its own buffer and sends
+    them one system call each: three per message, and 3n for a batch. Joining
+    the buffers first sends the same bytes, in the same order, in one call
+    (measured: the largest single cost in a worker under load). pika has no
+    option for it, so this wraps the transport's ``_produce`` of the pinned
+    pika version; if that internal is not there, nothing changes.
+    """
+    transport = getattr(conn, "_transport", None)
+    buffers = getattr(transport, "_tx_buffers", None)
+    produce = getattr(transport, "_produce", None)
+    if transport is None or buffers is None or produce is None:
+        return
+
+    def coalescing_produce() -> None:
+        if len(buffers) > 1:
+            joined = b"".join(buffers)
+            buffers.clear()
+            buffers.append(joined)
+        produce()
+
+    transport._produce = coalescing_produce
 
 
 def _as_exception(err: object) -> BaseException:

@@ -23,7 +23,7 @@ from typing import Any
 DEFAULT_CONFIG_PATH = "config/pool.cfg"
 ENV_PREFIX = "GATEWAY_"
 # GATEWAY_* variables that are not config keys: read by gunicorn.conf.py or here.
-ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS"}
+ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG"}
 CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 REDACTED = "***"
 
