@@ -124,6 +124,7 @@ class BrokerConnection:
         self.blocked = False
         self.suspect = False  # a confirm timed out: the socket may be dead
         self.closing = False  # we asked for the close: not a failure to report
+        self.log_fields: dict[str, str] = {}  # conn_id and role, for its log lines
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
 
@@ -205,11 +206,13 @@ class BrokerConnection:
 
     def _on_blocked(self, _conn: object, _frame: object) -> None:
         self.blocked = True
-        log.warning("broker blocked the connection (resource alarm)", extra={"broker": self.address.display})
+        log.warning("broker blocked the connection (resource alarm)",
+                    extra={"event": "connection_blocked", "broker": self.address.display, **self.log_fields})
 
     def _on_unblocked(self, _conn: object, _frame: object) -> None:
         self.blocked = False
-        log.info("broker unblocked the connection", extra={"broker": self.address.display})
+        log.info("broker unblocked the connection",
+                 extra={"event": "connection_unblocked", "broker": self.address.display, **self.log_fields})
 
     def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
         # The one channel is the connection's purpose: without it, retire the connection.

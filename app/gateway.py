@@ -24,7 +24,7 @@ import gevent
 
 from app import metrics
 from app.broker import Message, Outcome
-from app.config import ConnectionSpec, Settings
+from app.config import ConnectionSpec, Settings, check_connection_count
 from app.errors import (
     BrokerUnavailable,
     ConnectionLost,
@@ -93,12 +93,14 @@ class Route:
                     break
                 try:
                     with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                        sent = time.perf_counter()
                         results = conn.publish_batch(
                             [messages[i] for i in todo],
                             min(self.settings.confirm_timeout, max(deadline - time.monotonic(), 0.001)),
                             mandatory=self.settings.mandatory,
                             persistent=self.settings.persistent,
                         )
+                        metrics.CONFIRM_SECONDS.labels(self.conn_id, pool.role).observe(time.perf_counter() - sent)
                 except PoolTimeout as exc:
                     last_error = exc
                     if pool.health.is_up:
@@ -180,8 +182,10 @@ class Gateway:
         """Make the routes match ``specs``: open new ids, replace changed ones, drop removed ones.
 
         A changed id gets its new route started first; the old one keeps the
-        publishes already under way and is closed once they are done.
+        publishes already under way and is closed once they are done. More
+        ids than ``MAX_CONNECTION_IDS`` raise :class:`ConfigError` and change nothing.
         """
+        check_connection_count(len(specs), self.settings.max_connection_ids, "connection list")
         wanted = {spec.conn_id: spec for spec in specs}
         new_routes = dict(self.routes)
         retired: list[Route] = []
