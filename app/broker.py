@@ -29,6 +29,7 @@ import pika.exceptions
 from gevent.event import AsyncResult, Event
 from pika import spec
 from pika.adapters.gevent_connection import GeventConnection
+from pika.adapters.utils import connection_workflow
 
 from app.config import BrokerAddress, Settings
 from app.errors import (
@@ -151,9 +152,11 @@ class BrokerConnection:
         except gevent.Timeout:
             self.abort()
             raise ConnectionLost(f"{address.display}: connect timed out") from None
-        except (OSError, pika.exceptions.AMQPError, ssl.SSLError) as exc:
+        except (OSError, pika.exceptions.AMQPError, ssl.SSLError, connection_workflow.AMQPConnectorException) as exc:
+            # pika passes TLS and handshake failures up as workflow errors
+            # (not AMQPError): they must end here too, not kill the caller.
             self.abort()
-            raise ConnectionLost(f"{address.display}: {describe_exception(exc)}") from exc
+            raise ConnectionLost(f"{address.display}: {describe_exception(root_cause(exc))}") from exc
         return self
 
     def _on_open(self, ready: AsyncResult) -> None:
@@ -340,6 +343,21 @@ class BrokerConnection:
             # The connection workflow may already be tearing itself down.
             with contextlib.suppress(pika.exceptions.AMQPError):
                 conn.close()
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost error under pika's connection-workflow wrappers (what actually went wrong)."""
+    for _ in range(10):  # the wrapping is a few levels deep; bounded all the same
+        if isinstance(exc, connection_workflow.AMQPConnectionWorkflowFailed) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        elif isinstance(exc, connection_workflow.AMQPConnectorPhaseErrorBase):
+            exc = exc.exception
+        elif isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args \
+                and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            break
+    return exc
 
 
 def _as_exception(err: object) -> BaseException:
