@@ -68,7 +68,10 @@ def _same_or_mixed(values: list[Any]) -> Any:
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
-    """One view from the workers' snapshots: counts summed, states agreed or ``mixed``, per-worker detail kept."""
+    """One view from the workers' snapshots: counts summed, states agreed or ``mixed``, per-worker detail kept.
+
+    ``workers`` maps each worker's pid to the age of its snapshot in seconds.
+    """
     ids = sorted({conn_id for snap in snapshots for conn_id in snap["connections"]})
     connections: dict[str, Any] = {}
     for conn_id in ids:
@@ -95,7 +98,14 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
             "active": _same_or_mixed([route["active"] for _, route in present]),
             "brokers": brokers,
         }
-    return {"workers": sorted(snap["pid"] for snap in snapshots), "connections": connections}
+    now = time.time()
+    # Each worker's snapshot age: the others' are up to INTERVAL old.
+    workers = {str(snap["pid"]): round(max(now - snap["time"], 0.0), 3) for snap in sorted(snapshots, key=_pid)}
+    return {"workers": workers, "connections": connections}
+
+
+def _pid(snap: dict[str, Any]) -> int:
+    return int(snap["pid"])
 
 
 def read_all(directory: str, own: dict[str, Any]) -> list[dict[str, Any]]:
