@@ -201,3 +201,24 @@ def test_no_secret_in_any_log_answer_or_metric(tmp_path, secret_user, vhosts):
     everything = log.encode() + b"".join(answers)
     for secret in secrets:
         assert secret.encode() not in everything, f"a configured secret leaked ({secrets.index(secret)})"
+
+
+def test_a_given_metrics_dir_is_emptied_at_start_and_kept(tmp_path, rabbit):
+    # Kubernetes: an emptyDir survives a container restart, so the last run's samples are still there.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_99999.db").write_bytes(b"stale")
+    (metrics_dir / "pools_99999.json").write_text("{}")
+    (metrics_dir / "keep.txt").write_text("not ours")
+    gw = GatewayProcess(tmp_path, FAST + "RMQ_CONN_STR,k,guest:guest@127.0.0.1:5672/\n", workers=1,
+                        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    try:
+        gw.start()
+        queue = rabbit.queue("kept")
+        assert request(gw.port, "POST", "/publish", f"k|{queue}|x".encode())[0] == 200
+        samples = scrape(gw.port)
+        assert metric(samples, "gateway_publish_total", conn_id="k", outcome="ok") == 1
+        assert not (metrics_dir / "counter_99999.db").exists() and not (metrics_dir / "pools_99999.json").exists()
+    finally:
+        gw.stop()
+    assert (metrics_dir / "keep.txt").exists()  # only the gateway's own files are removed, the dir stays
