@@ -8,6 +8,7 @@ Publishing with a valid token end to end is in tests/test_ops_e2e.py.
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 
 from app import create_app
 from app.auth import TokenTable, load_tokens, parse_tokens
@@ -80,9 +81,16 @@ def _post(client, body: bytes, token: str | None = None):
     return client.post("/publish", data=body, headers=headers)
 
 
+def _count(outcome: str, conn_id: str = "_unknown") -> float:
+    labels = {"ingress": "http", "conn_id": conn_id, "outcome": outcome}
+    return REGISTRY.get_sample_value("gateway_publish_total", labels) or 0.0
+
+
 def test_no_token_is_401_with_a_challenge(client):
+    before = _count("unauthorized")
     resp = _post(client, b"a|orders.x|m")
     assert resp.status_code == 401
+    assert _count("unauthorized") == before + 1  # counted, under no id: the body was never read
     assert resp.json == {"error": "unauthorized", "detail": resp.json["detail"]}
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="amqp-gateway"'
     assert resp.headers["Connection"] == "close"
@@ -97,11 +105,13 @@ def test_wrong_token_is_401_invalid_token(client):
 
 
 def test_id_or_queue_not_allowed_is_403(client):
+    before = _count("forbidden")
     resp = _post(client, b"b|orders.x|m", NARROW)
     assert resp.status_code == 403 and resp.json["error"] == "forbidden"
     assert _post(client, b"a|payments|m", NARROW).status_code == 403
     # 403 before 404: a token learns nothing about ids it may not use.
     assert _post(client, b"secret-id|orders.x|m", NARROW).status_code == 403
+    assert _count("forbidden") == before + 3  # the pools are not started here: every id counts as unknown
     # Allowed everywhere, but no such id: past the checks, the gateway's own 404.
     assert _post(client, b"zzz|q|m", ANY).status_code == 404
 
