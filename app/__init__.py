@@ -17,10 +17,11 @@ import logging
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
-from app import logs
+from app import auth, logs, request_id
 from app.config import Settings, load_settings
-from app.errors import GatewayError, MethodNotAllowed, NotFound, Unavailable
+from app.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized, Unavailable
 from app.gateway import Gateway
+from app.pool_status import PoolStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,11 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     log.info("configuration loaded", extra={"event": "config", "config": settings.describe()})
 
     app = Flask(__name__)
+    request_id.init_app(app)  # first: every later hook and log line has the request id
+    logs.register_secrets(auth.init_app(app, settings))
     gateway = Gateway(settings)
     app.extensions["gateway"] = gateway
+    app.extensions["pool_status"] = PoolStatus(gateway)
 
     from app import routes
 
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
             source.start()
         else:
             gateway.start()
+        app.extensions["pool_status"].start()
     return app
 
 
@@ -64,6 +69,9 @@ def shutdown(app: Flask, timeout: float = 2.0) -> None:
     source = app.extensions.pop("dbsource", None)
     if source is not None:
         source.stop(timeout)  # first, so no config change lands while closing
+    status = app.extensions.get("pool_status")
+    if status is not None:
+        status.stop()
     gateway = app.extensions.get("gateway")
     if gateway is not None:
         gateway.close(timeout)
@@ -77,7 +85,9 @@ def _error_response(exc: GatewayError) -> Response:
         response.headers["Retry-After"] = str(_retry_after())
     if isinstance(exc, MethodNotAllowed) and exc.allow:
         response.headers["Allow"] = ", ".join(exc.allow)
-    if exc.status == 413:
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = exc.challenge
+    if exc.status in (401, 413):
         response.headers["Connection"] = "close"  # the unread body is not worth draining
     return response
 

@@ -29,6 +29,7 @@ import pika.exceptions
 from gevent.event import AsyncResult, Event
 from pika import spec
 from pika.adapters.gevent_connection import GeventConnection
+from pika.adapters.utils import connection_workflow
 
 from app.config import BrokerAddress, Settings
 from app.errors import (
@@ -124,6 +125,7 @@ class BrokerConnection:
         self.blocked = False
         self.suspect = False  # a confirm timed out: the socket may be dead
         self.closing = False  # we asked for the close: not a failure to report
+        self.log_fields: dict[str, str] = {}  # conn_id and role, for its log lines
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
         # Told (in the hub) when the broker blocks or unblocks it: on_blocked(conn, blocked).
@@ -152,9 +154,11 @@ class BrokerConnection:
         except gevent.Timeout:
             self.abort()
             raise ConnectionLost(f"{address.display}: connect timed out") from None
-        except (OSError, pika.exceptions.AMQPError, ssl.SSLError) as exc:
+        except (OSError, pika.exceptions.AMQPError, ssl.SSLError, connection_workflow.AMQPConnectorException) as exc:
+            # pika passes TLS and handshake failures up as workflow errors
+            # (not AMQPError): they must end here too, not kill the caller.
             self.abort()
-            raise ConnectionLost(f"{address.display}: {describe_exception(exc)}") from exc
+            raise ConnectionLost(f"{address.display}: {describe_exception(root_cause(exc))}") from exc
         return self
 
     def _on_open(self, ready: AsyncResult) -> None:
@@ -208,13 +212,15 @@ class BrokerConnection:
 
     def _on_blocked(self, _conn: object, _frame: object) -> None:
         self.blocked = True
-        log.warning("broker blocked the connection (resource alarm)", extra={"broker": self.address.display})
+        log.warning("broker blocked the connection (resource alarm)",
+                    extra={"event": "connection_blocked", "broker": self.address.display, **self.log_fields})
         if self.on_blocked is not None:
             self.on_blocked(self, True)
 
     def _on_unblocked(self, _conn: object, _frame: object) -> None:
         self.blocked = False
-        log.info("broker unblocked the connection", extra={"broker": self.address.display})
+        log.info("broker unblocked the connection",
+                 extra={"event": "connection_unblocked", "broker": self.address.display, **self.log_fields})
         if self.on_blocked is not None:
             self.on_blocked(self, False)
 
@@ -373,6 +379,21 @@ def _coalesce_writes(conn: GeventConnection) -> None:
         produce()
 
     transport._produce = coalescing_produce
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost error under pika's connection-workflow wrappers (what actually went wrong)."""
+    for _ in range(10):  # the wrapping is a few levels deep; bounded all the same
+        if isinstance(exc, connection_workflow.AMQPConnectionWorkflowFailed) and exc.exceptions:
+            exc = exc.exceptions[-1]
+        elif isinstance(exc, connection_workflow.AMQPConnectorPhaseErrorBase):
+            exc = exc.exception
+        elif isinstance(exc, pika.exceptions.AMQPConnectionError) and exc.args \
+                and isinstance(exc.args[0], BaseException):
+            exc = exc.args[0]
+        else:
+            break
+    return exc
 
 
 def _as_exception(err: object) -> BaseException:

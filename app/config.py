@@ -23,7 +23,7 @@ from typing import Any
 DEFAULT_CONFIG_PATH = "config/pool.cfg"
 ENV_PREFIX = "GATEWAY_"
 # GATEWAY_* variables that are not config keys: read by gunicorn.conf.py or here.
-ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG"}
+ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR"}
 CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 REDACTED = "***"
 
@@ -352,6 +352,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("RETRY_AFTER", "retry_after", "1", _number(int, 0, 3600),
            "Seconds put in the `Retry-After` header of a `503`."),
     Option("LOG_LEVEL", "log_level", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
+    Option("MAX_CONNECTION_IDS", "max_connection_ids", "100", _number(int, 1, 10000),
+           "Most connection ids accepted (file, environment or database): each costs connections "
+           "and metric series. More fails start-up."),
+    Option("AUTH_TOKENS_FILE", "auth_tokens_file", "", _text,
+           "File of bearer tokens for `/publish`, one per line: `name token ids [queue-patterns]` "
+           "(docs/operations.md). Set (or `AUTH_TOKENS`): `/publish` needs a token."),
+    Option("AUTH_TOKENS", "auth_tokens", "", _text,
+           "The same token lines inline, separated by `;` or newlines; meant for `GATEWAY_AUTH_TOKENS` "
+           "from a Kubernetes Secret.", secret=True),
+    Option("OPS_TOKEN", "ops_token", "", _text,
+           "Bearer token required on `/metrics` and `/pools` (empty: they are open).", secret=True),
+    Option("OPS_TOKEN_HEALTH", "ops_token_health", "false", parse_bool,
+           "Require `OPS_TOKEN` on `/healthz` and `/readyz` too (then the probes must send it)."),
 )
 
 _BY_KEY = {alias: opt for opt in OPTIONS for alias in (opt.key, *opt.aliases)}
@@ -398,6 +411,11 @@ class Settings:
     persistent: bool = True
     retry_after: int = 1
     log_level: str = "INFO"
+    max_connection_ids: int = 100
+    auth_tokens_file: str = ""
+    auth_tokens: str = field(default="", repr=False)
+    ops_token: str = field(default="", repr=False)
+    ops_token_health: bool = False
 
     @property
     def min_size(self) -> int:
@@ -416,8 +434,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def secrets(self) -> list[str]:
-        """Every password configured, for the log redactor."""
-        found = [self.db_password] if self.db_password else []
+        """Every password and token configured, for the log redactor."""
+        found = [getattr(self, opt.name) for opt in OPTIONS if opt.secret and getattr(self, opt.name)]
         for spec in self.connections:
             for _, servers in spec.brokers():
                 found.extend(addr.password for addr in servers if addr.password)
@@ -538,7 +556,15 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
                           f"NO_OF_CONNECTIOS ({settings.pool_size})", source)
     if not settings.use_db and not settings.connections:
         raise ConfigError("no RMQ_CONN_STR line and USE_DB is false: nothing to publish to", source)
+    check_connection_count(len(settings.connections), settings.max_connection_ids, source)
     return settings
+
+
+def check_connection_count(count: int, limit: int, source: str) -> None:
+    """Refuse more connection ids than ``MAX_CONNECTION_IDS`` with one clear line."""
+    if count > limit:
+        raise ConfigError(f"{count} connection ids configured, more than MAX_CONNECTION_IDS={limit} "
+                          "(raise the limit if they are all meant)", source)
 
 
 def options_table() -> str:

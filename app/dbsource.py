@@ -33,7 +33,7 @@ import psycopg2.extensions
 from gevent.socket import wait_read
 
 from app import db, logs, metrics
-from app.config import ConnectionSpec, Settings, parse_connection
+from app.config import ConfigError, ConnectionSpec, Settings, parse_connection
 from app.gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,12 @@ class DbSource:
         logs.register_secrets(secrets_of(self.settings, specs, rows))
         self._report_skipped(skipped)
         before = {conn_id: route.spec for conn_id, route in self.gateway.routes.items()}
-        self.gateway.set_connections(specs, warmup=SWITCH_WARMUP if self.loaded else 0.0)
+        try:
+            self.gateway.set_connections(specs, warmup=SWITCH_WARMUP if self.loaded else 0.0)
+        except ConfigError as exc:
+            # e.g. more rows than MAX_CONNECTION_IDS: keep serving what we have, say why.
+            log.error("rmq_connections not applied: %s", exc, extra={"event": "config_rejected"})
+            return
         self._report_changes(trigger, before, specs)
         self.loaded = True
         self.last_sync = time.time()

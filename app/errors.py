@@ -7,6 +7,8 @@
     │   ├── MalformedBody        400 malformed_body
     │   ├── InvalidConnectionId  400 invalid_connection_id
     │   └── InvalidQueue         400 invalid_queue
+    ├── Unauthorized             401 unauthorized       (+ WWW-Authenticate)
+    ├── Forbidden                403 forbidden
     ├── NotFound                 404 not_found          (no such route)
     ├── UnknownConnection        404 unknown_connection_id
     ├── MethodNotAllowed         405 method_not_allowed
@@ -59,6 +61,24 @@ class InvalidConnectionId(BadRequest):
 
 class InvalidQueue(BadRequest):
     code = "invalid_queue"
+
+
+class Unauthorized(GatewayError):
+    """No valid bearer token; ``challenge`` is the ``WWW-Authenticate`` header (RFC 6750)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, detail: str = "", invalid_token: bool = False):
+        super().__init__(detail)
+        self.challenge = 'Bearer realm="amqp-gateway"' + (', error="invalid_token"' if invalid_token else "")
+
+
+class Forbidden(GatewayError):
+    """A valid token that may not use this connection id or queue."""
+
+    status = 403
+    code = "forbidden"
 
 
 class NotFound(GatewayError):

@@ -25,7 +25,7 @@ import gevent
 
 from app import metrics
 from app.broker import Message, Outcome
-from app.config import ConnectionSpec, Settings
+from app.config import ConnectionSpec, Settings, check_connection_count
 from app.errors import (
     BrokerUnavailable,
     ConfirmTimeout,
@@ -102,12 +102,14 @@ class Route:
                     metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "allowed").inc()
                 try:
                     with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                        sent = time.perf_counter()
                         results = conn.publish_batch(
                             [messages[i] for i in todo],
                             min(self.settings.confirm_timeout, max(deadline - time.monotonic(), 0.001)),
                             mandatory=self.settings.mandatory,
                             persistent=self.settings.persistent,
                         )
+                        metrics.CONFIRM_SECONDS.labels(self.conn_id, pool.role).observe(time.perf_counter() - sent)
                 except PoolTimeout as exc:
                     last_error = exc
                     if pool.health.is_up:
@@ -192,7 +194,9 @@ class Gateway:
         publishes already under way and is closed once they are done. With
         ``warmup``, new and changed routes get up to that many seconds to open
         a connection before traffic moves to them (the old route serves meanwhile).
+        More ids than ``MAX_CONNECTION_IDS`` raise :class:`ConfigError` and change nothing.
         """
+        check_connection_count(len(specs), self.settings.max_connection_ids, "connection list")
         wanted = {spec.conn_id: spec for spec in specs}
         fresh: dict[str, Route] = {}
         for conn_id, spec in wanted.items():

@@ -26,8 +26,9 @@ UNKNOWN, UP, DOWN = "unknown", "up", "down"
 class BrokerHealth:
     """Rise/fall state of one broker; listeners hear every state change."""
 
-    def __init__(self, name: str, rise: int, fall: int):
+    def __init__(self, name: str, rise: int, fall: int, log_fields: dict[str, str] | None = None):
         self.name = name
+        self.log_fields = log_fields or {}  # e.g. conn_id and role, added to each log line
         self.rise = rise
         self.fall = fall
         self.state = UNKNOWN
@@ -83,6 +84,6 @@ class BrokerHealth:
         self.changed_at = time.monotonic()
         level = logging.WARNING if state == DOWN else logging.INFO
         log.log(level, "broker %s is %s (%s)", self.name, state, why,
-                extra={"event": f"broker_{state}", "broker": self.name})
+                extra={"event": f"broker_{state}", "broker": self.name, **self.log_fields})
         for listener in self._listeners:
             listener(self, old)

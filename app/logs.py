@@ -1,8 +1,14 @@
-"""Logging: one JSON object per line on stderr, with every configured secret masked.
+"""Logging: one JSON object per line on stdout, with every configured secret masked.
 
 Hand-written rather than a dependency: it is a dozen lines, and the masking
 has to run on the final text, whatever a library or an exception put in it.
-gunicorn's own logs use the same formatter (see ``gunicorn.conf.py``).
+gunicorn's own logs use the same formatter (see ``gunicorn.conf.py`` and
+:mod:`app.accesslog`).
+
+Fields known for the whole of a request (its id, the connection id) are bound
+once with :func:`bind` and added to every line logged while it is handled:
+the context is a :mod:`contextvars` one, and each greenlet has its own, so
+concurrent requests in one gevent worker never see each other's fields.
 """
 
 from __future__ import annotations
@@ -13,10 +19,28 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any
 
 # Attributes every LogRecord has; anything else was passed in ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _secrets: list[str] = []
+_context: ContextVar[dict[str, Any] | None] = ContextVar("gateway_log_context", default=None)
+
+
+def bind(**fields: Any) -> None:
+    """Add fields to every log line of the current greenlet (request) from now on."""
+    _context.set({**(_context.get() or {}), **fields})
+
+
+def unbind() -> None:
+    """Forget the fields bound in the current greenlet (end of a request)."""
+    _context.set(None)
+
+
+def bound(name: str) -> Any:
+    """A field bound in the current greenlet, or None."""
+    return (_context.get() or {}).get(name)
 
 
 def register_secrets(secrets: Iterable[str]) -> None:
@@ -48,6 +72,7 @@ class JsonFormatter(logging.Formatter):
             "event": getattr(record, "event", None) or "log",
             "message": record.getMessage(),
         }
+        entry.update(_context.get() or {})
         for key, value in vars(record).items():
             if key not in _STANDARD and key != "event":
                 entry[key] = value
@@ -57,11 +82,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
-    """Send the ``app`` loggers to stderr as JSON (idempotent)."""
+    """Send the ``app`` loggers to stdout as JSON (idempotent)."""
     logger = logging.getLogger("app")
     logger.setLevel(level)
     if not any(getattr(h, "_gateway", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(JsonFormatter())
         handler._gateway = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

@@ -55,6 +55,25 @@ POOL_WAITING = Gauge(
     "gateway_pool_waiting", "Callers waiting for a pooled connection.",
     ["conn_id", "role"], multiprocess_mode="livesum",
 )
+POOL_OPEN = Gauge(
+    "gateway_pool_open_connections", "Open pooled connections (idle plus in use), summed over workers.",
+    ["conn_id", "role"], multiprocess_mode="livesum",
+)
+POOL_SIZE = Gauge(
+    "gateway_pool_size", "Connections the pools keep open (NO_OF_CONNECTIOS per worker), summed over workers.",
+    ["conn_id", "role"], multiprocess_mode="livesum",
+)
+POOL_LONGEST_WAIT = Gauge(
+    "gateway_pool_longest_wait_seconds",
+    "How long the longest-waiting caller has been waiting for a connection, now (max over workers).",
+    ["conn_id", "role"], multiprocess_mode="livemax",
+)
+CONFIRM_SECONDS = Histogram(
+    "gateway_confirm_duration_seconds",
+    "Round trip on one connection: from sending a batch to the broker's last confirm (or timeout).",
+    ["conn_id", "role"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 BROKER_UP = Gauge(
     "gateway_broker_up", "1 when the broker is up for this worker, 0 when down or unknown.",
     ["conn_id", "role"], multiprocess_mode="livemin",
@@ -78,9 +97,24 @@ CONFIG_ROWS_SKIPPED = Gauge(
 )
 
 
+def multiprocess_dir() -> str | None:
+    """The directory the workers share (metrics, pool snapshots), or None in one process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def clear_dir(path: str) -> int:
+    """Remove a previous run's sample and snapshot files (prometheus_client requires a clean dir)."""
+    removed = 0
+    for name in os.listdir(path):
+        if name.endswith(".db") or (name.startswith("pools_") and name.endswith((".json", ".json.tmp"))):
+            os.remove(os.path.join(path, name))
+            removed += 1
+    return removed
+
+
 def render() -> tuple[bytes, str]:
     """The metrics page and its content type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_dir():
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -89,5 +123,5 @@ def render() -> tuple[bytes, str]:
 
 def mark_process_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (called from gunicorn's child_exit)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_dir():
         _multiprocess.mark_process_dead(pid)

@@ -61,10 +61,11 @@ class ConnectionPool:
         self.max_overflow = settings.pool_max_overflow
         self.name = f"{conn_id}/{role}"
         self.health = BrokerHealth(f"{self.name} ({self.servers.display})", settings.health_rise,
-                                   settings.health_fall)
+                                   settings.health_fall, log_fields={"conn_id": conn_id, "role": role})
         self.health.subscribe(self._on_health_change)
         self._idle: deque[BrokerConnection] = deque()
         self._waiters: deque[AsyncResult] = deque()
+        self._waiting_since: dict[AsyncResult, float] = {}  # for the longest-wait gauge
         self._expiry: dict[BrokerConnection, float] = {}
         self._in_use = 0
         self._connecting = 0
@@ -146,6 +147,7 @@ class ConnectionPool:
     def _wait(self, seconds: float) -> BrokerConnection | None:
         waiter: AsyncResult = AsyncResult()
         self._waiters.append(waiter)
+        self._waiting_since[waiter] = time.monotonic()
         self._update_gauges()
         try:
             handed: BrokerConnection | None = waiter.get(timeout=seconds)
@@ -156,6 +158,7 @@ class ConnectionPool:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+            self._waiting_since.pop(waiter, None)
             self._update_gauges()
 
     def _open_for_caller(self, timeout: float) -> BrokerConnection | None:
@@ -221,7 +224,8 @@ class ConnectionPool:
         self._blocked.discard(conn)
         conn.suspect = True  # keep it out of use while it closes
         metrics.CONNECTION_EVENTS.labels(*self._labels, "recycled").inc()
-        log.debug("closing connection %s: %s", conn.name, reason)
+        log.debug("closing connection %s: %s", conn.name, reason,
+                  extra={"event": "connection_recycled", "conn_id": self.conn_id, "role": self.role})
         gevent.spawn(conn.close)
         self._wanted.set()
 
@@ -252,6 +256,7 @@ class ConnectionPool:
         self.servers.recovered(server)
         conn.on_lost = self._on_connection_lost
         conn.on_blocked = self._on_connection_blocked
+        conn.log_fields = {"conn_id": self.conn_id, "role": self.role}
         metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
         if self.settings.max_age > 0:
             # Jitter, so a pool's connections do not all reconnect together.
@@ -374,12 +379,25 @@ class ConnectionPool:
 
     # -- views -----------------------------------------------------------------
 
+    def longest_wait(self) -> float:
+        """Seconds the longest-waiting caller has waited so far (0 with nobody waiting)."""
+        if not self._waiting_since:
+            return 0.0
+        return time.monotonic() - min(self._waiting_since.values())
+
+    def refresh_gauges(self) -> None:
+        """Bring the pool's gauges up to date (the longest wait grows without any event)."""
+        self._update_gauges()
+
     def _update_gauges(self) -> None:
         gauge = metrics.POOL_CONNECTIONS
         gauge.labels(*self._labels, "idle").set(len(self._idle))
         gauge.labels(*self._labels, "in_use").set(self._in_use)
         gauge.labels(*self._labels, "connecting").set(self._connecting)
         metrics.POOL_WAITING.labels(*self._labels).set(len(self._waiters))
+        metrics.POOL_OPEN.labels(*self._labels).set(self.open_count)
+        metrics.POOL_SIZE.labels(*self._labels).set(0 if self._closed else self.size)
+        metrics.POOL_LONGEST_WAIT.labels(*self._labels).set(self.longest_wait())
 
     def snapshot(self) -> dict[str, Any]:
         """State for /readyz and /pools: no secrets."""
@@ -392,6 +410,7 @@ class ConnectionPool:
             "connecting": self._connecting,
             "waiting": len(self._waiters),
             "blocked": bool(self._blocked),
+            "longest_wait": round(self.longest_wait(), 3),
             "size": self.size,
             "min_size": self.min_size,
             "max_overflow": self.max_overflow,

@@ -1,12 +1,14 @@
-"""HTTP routes: publish, health, readiness and metrics."""
+"""HTTP routes: publish, health, readiness, metrics and the pool view."""
 
 from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, json, request
 
-from app import metrics
+from app import logs, metrics
+from app.accesslog import CONN_ID_KEY
+from app.auth import access
 from app.errors import GatewayError, PayloadTooLarge
 from app.gateway import Gateway
 from app.message import parse_body
@@ -39,9 +41,15 @@ def publish() -> Response:
     started = time.perf_counter()
     conn_label = metrics.UNKNOWN_ID
     try:
+        checks = access()
+        publisher = checks.check_publisher()  # 401 before the body is even read
         req = parse_body(read_body(gw.settings.max_body_size))
         if req.conn_id in gw.routes:
             conn_label = req.conn_id
+            # Only a configured id goes into logs and labels, never what a client made up.
+            logs.bind(conn_id=req.conn_id)
+            request.environ[CONN_ID_KEY] = req.conn_id
+        checks.check_target(publisher, req.conn_id, req.queue)  # 403 before 404: ids stay private
         gw.publish(req.conn_id, req.queue, req.body)
     except GatewayError as exc:
         metrics.PUBLISHES.labels("http", conn_label, exc.code).inc()
@@ -68,5 +76,16 @@ def readyz() -> tuple[dict, int]:
 @bp.get("/metrics")
 def metrics_page() -> Response:
     """Prometheus text format, aggregated over the workers."""
+    for route in gateway().routes.values():
+        for pool in route.pools:
+            pool.refresh_gauges()  # this worker's longest wait, exact now
     body, content_type = metrics.render()
     return Response(body, 200, content_type=content_type)
+
+
+@bp.get("/pools")
+def pools() -> Response:
+    """Every pool of every worker: state, counts, active broker, last error (no secrets)."""
+    view = current_app.extensions["pool_status"].view()
+    # Belt and braces: the view holds no password, and the redactor makes sure of it.
+    return Response(logs.redact(json.dumps(view)) + "\n", 200, content_type=_JSON)

@@ -1,0 +1,29 @@
+# AMQP publishing gateway: gunicorn (gevent workers) serving the Flask app.
+#   docker build -t amqp-gateway:0.1.0 .
+#   docker run -p 8080:8080 -e GATEWAY_RMQ_CONN_STR_main=user:pass@rabbitmq:5672/ amqp-gateway:0.1.0
+# Kubernetes manifests: deploy/ (docs/deploy.md).
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml ./
+COPY app ./app
+# The pinned dependencies and the app package, into a venv copied whole below.
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install .
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GATEWAY_BIND=0.0.0.0:8080 \
+    GATEWAY_CONFIG=/srv/gateway/config/pool.cfg
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin gateway
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /srv/gateway
+COPY gunicorn.conf.py ./
+COPY config ./config
+USER 10001:10001
+EXPOSE 8080 5555
+CMD ["gunicorn", "-c", "gunicorn.conf.py"]
