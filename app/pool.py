@@ -76,6 +76,14 @@ class ConnectionPool:
         self._checker: BrokerConnection | None = None  # the health check's own connection
         self._blocked: set[BrokerConnection] = set()  # connections the broker has blocked
         self._labels = (conn_id, role)
+        self._gauges = {
+            **{state: metrics.POOL_CONNECTIONS.labels(conn_id, role, state)
+               for state in ("idle", "in_use", "connecting")},
+            "waiting": metrics.POOL_WAITING.labels(conn_id, role),
+            "open": metrics.POOL_OPEN.labels(conn_id, role),
+            "size": metrics.POOL_SIZE.labels(conn_id, role),
+            "longest_wait": metrics.POOL_LONGEST_WAIT.labels(conn_id, role),
+        }
         self._update_gauges()
 
     # -- lifecycle -------------------------------------------------------------
@@ -118,7 +126,6 @@ class ConnectionPool:
                 conn = self._idle.pop()
                 if conn.usable:
                     self._in_use += 1
-                    self._update_gauges()
                     return conn
                 self._discard(conn, conn.lost_reason or "found dead in the pool")
             if self.health.is_down:
@@ -148,7 +155,6 @@ class ConnectionPool:
         waiter: AsyncResult = AsyncResult()
         self._waiters.append(waiter)
         self._waiting_since[waiter] = time.monotonic()
-        self._update_gauges()
         try:
             handed: BrokerConnection | None = waiter.get(timeout=seconds)
             return handed
@@ -159,7 +165,6 @@ class ConnectionPool:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             self._waiting_since.pop(waiter, None)
-            self._update_gauges()
 
     def _open_for_caller(self, timeout: float) -> BrokerConnection | None:
         # Growth to the pool size, or overflow: the caller opens it and holds it.
@@ -183,7 +188,6 @@ class ConnectionPool:
             self._retire(conn, "overflow connection returned")
         else:
             self._put(conn)
-        self._update_gauges()
 
     @contextmanager
     def connection(self, timeout: float) -> Iterator[BrokerConnection]:
@@ -390,14 +394,17 @@ class ConnectionPool:
         self._update_gauges()
 
     def _update_gauges(self) -> None:
-        gauge = metrics.POOL_CONNECTIONS
-        gauge.labels(*self._labels, "idle").set(len(self._idle))
-        gauge.labels(*self._labels, "in_use").set(self._in_use)
-        gauge.labels(*self._labels, "connecting").set(self._connecting)
-        metrics.POOL_WAITING.labels(*self._labels).set(len(self._waiters))
-        metrics.POOL_OPEN.labels(*self._labels).set(self.open_count)
-        metrics.POOL_SIZE.labels(*self._labels).set(0 if self._closed else self.size)
-        metrics.POOL_LONGEST_WAIT.labels(*self._labels).set(self.longest_wait())
+        # Not called on every acquire and release (that was a measurable share
+        # of a publish): PoolStatus refreshes every second, /metrics before it
+        # answers, and the slow paths (open, lose, close) as they happen.
+        g = self._gauges
+        g["idle"].set(len(self._idle))
+        g["in_use"].set(self._in_use)
+        g["connecting"].set(self._connecting)
+        g["waiting"].set(len(self._waiters))
+        g["open"].set(self.open_count)
+        g["size"].set(0 if self._closed else self.size)
+        g["longest_wait"].set(self.longest_wait())
 
     def snapshot(self) -> dict[str, Any]:
         """State for /readyz and /pools: no secrets."""

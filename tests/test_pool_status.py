@@ -30,6 +30,7 @@ def test_longest_wait_grows_while_a_caller_waits(start_gateway, rabbit):
     assert view["waiting"] == 1 and view["longest_wait"] >= 0.5 and view["in_use"] == 1
     pool.release(held)
     pool.release(waiter.get(timeout=1))
+    pool.refresh_gauges()  # gauges are refreshed each second and before /metrics answers
     assert _sample("gateway_pool_longest_wait_seconds", conn_id="lw", role="primary") == 0
     assert _sample("gateway_pool_open_connections", conn_id="lw", role="primary") == 1
 
