@@ -345,6 +345,10 @@ OPTIONS: tuple[Option, ...] = (
            "Retries per second always allowed, whatever the ratio."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
+    Option("BATCH_MAX_MESSAGES", "batch_max_messages", "1000", _number(int, 1, 100000),
+           "Most messages in one `POST /publish/batch`."),
+    Option("BATCH_MAX_SIZE", "batch_max_size", "16777216", _number(int, 1, 1024 * 1024 * 1024),
+           "Largest `POST /publish/batch` body in bytes (each message is still held to `MAX_BODY_SIZE`)."),
     Option("MANDATORY", "mandatory", "true", parse_bool,
            "Publish with mandatory=true so a message to no queue is `422 unroutable`."),
     Option("PERSISTENT", "persistent", "true", parse_bool,
@@ -407,6 +411,8 @@ class Settings:
     retry_budget_ratio: float = 0.2
     retry_budget_min: float = 10.0
     max_body_size: int = 1048576
+    batch_max_messages: int = 1000
+    batch_max_size: int = 16777216
     mandatory: bool = True
     persistent: bool = True
     retry_after: int = 1

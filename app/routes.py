@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import gevent
 from flask import Blueprint, Response, current_app, json, request
 
 from app import logs, metrics
 from app.accesslog import CONN_ID_KEY
 from app.auth import access
-from app.errors import GatewayError, PayloadTooLarge
+from app.batch import parse_batch
+from app.errors import GatewayError, PayloadTooLarge, UnknownConnection
 from app.gateway import Gateway
 from app.message import parse_body
 
@@ -58,6 +60,58 @@ def publish() -> Response:
     metrics.PUBLISHES.labels("http", conn_label, "ok").inc()
     metrics.PUBLISH_SECONDS.labels("http", conn_label).observe(time.perf_counter() - started)
     return Response(b'{"status":"ok"}\n', 200, content_type=_JSON)
+
+
+@bp.post("/publish/batch")
+def publish_batch() -> Response:
+    """Publish many length-framed messages (format: app/batch.py); one result per message."""
+    gw = gateway()
+    started = time.perf_counter()
+    try:
+        checks = access()
+        publisher = checks.check_publisher()
+        records = parse_batch(read_body(gw.settings.batch_max_size), gw.settings.batch_max_messages,
+                              gw.settings.max_body_size)
+        by_id: dict[str, list[int]] = {}
+        for index, record in enumerate(records):
+            checks.check_target(publisher, record.conn_id, record.queue)
+            if record.conn_id not in gw.routes:
+                raise UnknownConnection(f"record {index}: connection id {record.conn_id!r} is not configured")
+            by_id.setdefault(record.conn_id, []).append(index)
+    except GatewayError as exc:
+        metrics.PUBLISHES.labels("http_batch", metrics.UNKNOWN_ID, exc.code).inc()
+        raise
+    outcomes: list[GatewayError | None] = [None] * len(records)
+
+    def publish_id(conn_id: str, indexes: list[int]) -> None:
+        try:
+            results = gw.publish_batch(conn_id, [(records[i].queue, records[i].body) for i in indexes])
+        except GatewayError as exc:  # the id went away meanwhile (a database change)
+            results = [exc] * len(indexes)
+        for index, outcome in zip(indexes, results, strict=True):
+            outcomes[index] = outcome
+
+    gevent.joinall([gevent.spawn(publish_id, conn_id, indexes) for conn_id, indexes in by_id.items()],
+                   raise_error=True)
+    elapsed = time.perf_counter() - started
+    for conn_id, indexes in by_id.items():
+        for index in indexes:
+            outcome = outcomes[index]
+            metrics.PUBLISHES.labels("http_batch", conn_id, "ok" if outcome is None else outcome.code).inc()
+        metrics.PUBLISH_SECONDS.labels("http_batch", conn_id).observe(elapsed)
+    failed = sum(1 for outcome in outcomes if outcome is not None)
+    if not failed:
+        return Response(json.dumps({"status": "ok", "published": len(records)}) + "\n", 200, content_type=_JSON)
+    answer = {
+        "status": "partial",
+        "published": len(records) - failed,
+        "failed": failed,
+        "results": [{"status": 200} if o is None else {"status": o.status, **o.to_json()} for o in outcomes],
+    }
+    response = Response(json.dumps(answer) + "\n", 207, content_type=_JSON)
+    if any(o is not None and o.status == 503 for o in outcomes):
+        response.headers["Retry-After"] = str(gw.settings.retry_after)
+    return response
 
 
 @bp.get("/healthz")
