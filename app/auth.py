@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from flask import Flask, request
 
-from app.config import CONN_ID_RE, ConfigError, Settings
+from app.config import CONN_ID_RE, ConfigError, Settings, read_text_file
 from app.errors import Forbidden, Unauthorized
 
 MIN_TOKEN_LENGTH = 16
@@ -138,14 +138,7 @@ def load_tokens(settings: Settings) -> tuple[TokenTable | None, list[str]]:
     pairs: list[tuple[TokenRule, str]] = []
     if settings.auth_tokens_file:
         path = settings.auth_tokens_file
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            raise ConfigError("AUTH_TOKENS_FILE: file not found", path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"AUTH_TOKENS_FILE: cannot read it: {exc.__class__.__name__}", path) from None
-        pairs += parse_tokens(text, path)
+        pairs += parse_tokens(read_text_file(path, "AUTH_TOKENS_FILE: file"), path)
     if settings.auth_tokens:
         pairs += parse_tokens(settings.auth_tokens, "AUTH_TOKENS", lines_separated_by_semicolons=True)
     names = [rule.name for rule, _ in pairs]

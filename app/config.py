@@ -505,18 +505,22 @@ def parse_lines(lines: Iterable[str], source: str) -> tuple[ScalarLines, Connect
     return scalars, connections
 
 
+def read_text_file(path: str, what: str = "config file") -> str:
+    """The text of a file the config names; a one-line ConfigError if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what}: {exc.__class__.__name__}", path) from None
+
+
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read the file (``GATEWAY_CONFIG`` or the default) and apply ``GATEWAY_*`` overrides."""
     env = os.environ if environ is None else environ
     path = path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_PATH
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise ConfigError("config file not found", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file: {exc.__class__.__name__}", path) from None
-    return settings_from_text(text, path, env)
+    return settings_from_text(read_text_file(path), path, env)
 
 
 def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, str] | None = None) -> Settings:

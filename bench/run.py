@@ -194,6 +194,19 @@ def bench_gateway(workers: int = 2, pool: int = 5, seconds: float = SECONDS) -> 
     return result
 
 
+def bench_batch(per_request: int = 100) -> dict[str, Any]:
+    """POST /publish/batch with ``per_request`` messages each: messages/s."""
+    reset_queue()
+    record = f"bench|{QUEUE}|{BODY}"
+    body = f"{len(record)}\n{record}\n" * per_request
+    with Server(gateway_cfg(), 2) as server:
+        result = wrk(f"http://127.0.0.1:{server.port}/publish/batch", body)
+    result["messages_per_request"] = per_request
+    result["msgs_per_s"] = result["rps"] * per_request
+    result["in_queue"] = queue_count()
+    return result
+
+
 def bench_management() -> dict[str, Any]:
     reset_queue()
     payload = json.dumps({"properties": {"delivery_mode": 2}, "routing_key": QUEUE, "payload": BODY,
@@ -268,6 +281,9 @@ def table(results: dict[str, Any]) -> str:
         f"| gateway POST /publish (2 workers, pool 5) | {g['rps']:.0f} | {g['p50_ms']:.1f} "
         f"| {g['p99_ms']:.1f} | 1.00 |",
     ]
+    b = results["batch"]
+    rows.append(f"| gateway POST /publish/batch, {b['messages_per_request']} msgs per request "
+                f"| {b['msgs_per_s']:.0f} msg/s | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} | - |")
     for key, name in (("management", "RabbitMQ management API publish"),
                       ("conn_per_message", "new pika connection per message (2 processes)"),
                       ("noop", "no-op route, same gunicorn+gevent+Flask")):
@@ -295,8 +311,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = ["gateway", "management API", "conn/message", "no-op route"]
-    values = [results[k]["rps"] for k in ("gateway", "management", "conn_per_message", "noop")]
+    names = ["gateway", "gateway batch (msgs)", "management API", "conn/message", "no-op route"]
+    values = [results["gateway"]["rps"], results["batch"]["msgs_per_s"]]
+    values += [results[k]["rps"] for k in ("management", "conn_per_message", "noop")]
     z = results.get("zmq")
     if z and "gateway_msgs_per_s" in z:
         names += ["ZeroMQ gateway", "raw pika (no confirms)"]
@@ -325,6 +342,7 @@ def main() -> None:
         "connections": CONNECTIONS,
     }
     log("gateway"); results["gateway"] = bench_gateway()  # noqa: E702
+    log("gateway batch"); results["batch"] = bench_batch()  # noqa: E702
     log("management API"); results["management"] = bench_management()  # noqa: E702
     log("connection per message"); results["conn_per_message"] = bench_conn_per_message()  # noqa: E702
     log("no-op route"); results["noop"] = bench_noop()  # noqa: E702
@@ -336,6 +354,7 @@ def main() -> None:
         "gateway_over_management": g / results["management"]["rps"],
         "gateway_over_conn_per_message": g / results["conn_per_message"]["rps"],
         "gateway_over_noop": g / results["noop"]["rps"],
+        "batch_msgs_over_noop": results["batch"]["msgs_per_s"] / results["noop"]["rps"],
     }
     z = results["zmq"]
     if z and "gateway_msgs_per_s" in z:
