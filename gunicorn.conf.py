@@ -5,13 +5,24 @@ usual; ``GATEWAY_BIND`` and ``GATEWAY_WORKERS`` set them from the environment.
 
 Order in each worker (gevent): ``post_fork`` (before monkey-patching), then the
 app is loaded (``create_app``: pools start connecting in greenlets), then
-``post_worker_init``. Nothing connects in the master.
+``post_worker_init`` (the ZeroMQ ingress). Nothing connects in the master; with
+``ZMQ_SOCK_ADDRESS`` set, the master starts and watches the ZeroMQ relay, a
+process of its own (see docs/zmq.md).
 """
 
 import os
 import shutil
 import sys
 import tempfile
+
+# prometheus_client chooses where samples live when it is first imported. The
+# master imports the app's modules (on_starting checks the config) and then
+# forks the workers, so the multi-process directory must be in the
+# environment before anything imports it: here, first thing.
+_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 wsgi_app = "app.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
@@ -43,19 +54,32 @@ logconfig_dict = {
 
 
 def on_starting(server):
-    """Master: check the config before any worker boots; set up multi-process metrics."""
+    """Master: check the config before any worker boots."""
     from app.config import ConfigError, load_settings
 
     try:
-        load_settings()
+        server._gateway_settings = load_settings()
     except ConfigError as err:
         # One line, no traceback, never a password (ConfigError never holds one).
         sys.stderr.write(f"gateway: config error: {err}\n")
         sys.exit(1)
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        path = tempfile.mkdtemp(prefix="gateway-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
-        server._gateway_metrics_dir = path
+
+
+def when_ready(server):
+    """Master: bind ZMQ_SOCK_ADDRESS once, in the relay process, before any worker boots."""
+    settings = server._gateway_settings
+    if not settings.zmq_address:
+        return
+    from app.zmq_supervisor import RelayStartError, RelaySupervisor
+
+    relay = RelaySupervisor(settings)
+    try:
+        relay.start()
+    except RelayStartError as err:
+        sys.stderr.write(f"gateway: ZeroMQ relay: {err}\n")
+        on_exit(server)
+        sys.exit(1)
+    server._gateway_zmq = relay
 
 
 def post_fork(server, worker):
@@ -63,24 +87,41 @@ def post_fork(server, worker):
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()
+    relay = getattr(server, "_gateway_zmq", None)
+    if relay is not None:
+        worker.gateway_zmq_backend = relay.backend
+        relay.forget_in_worker()
+
+
+def post_worker_init(worker):
+    """Worker, app loaded and gevent patched: start the ZeroMQ ingress (if configured)."""
+    if getattr(worker, "gateway_zmq_backend", None):
+        from app import zmq_ingress
+
+        zmq_ingress.start_in_worker(worker)
 
 
 def worker_exit(server, worker):
-    """Worker, after its last request: close AMQP connections cleanly."""
+    """Worker, after its last request: answer ZeroMQ messages taken, close AMQP connections."""
     from app import shutdown
 
     shutdown(worker.wsgi)
 
 
 def child_exit(server, worker):
-    """Master: forget a dead worker's live gauges."""
+    """Master: forget a dead worker's live gauges; tell the relay it is gone."""
     from app import metrics
 
     metrics.mark_process_dead(worker.pid)
+    relay = getattr(server, "_gateway_zmq", None)
+    if relay is not None:
+        relay.worker_exited(worker.pid)
 
 
 def on_exit(server):
-    """Master: remove the metrics directory we made."""
-    path = getattr(server, "_gateway_metrics_dir", None)
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
+    """Master, workers gone: stop the ZeroMQ relay, remove its files and the metrics directory."""
+    relay = getattr(server, "_gateway_zmq", None)
+    if relay is not None:
+        relay.stop()
+    if _metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
