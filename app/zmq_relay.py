@@ -392,7 +392,7 @@ class Relay:
             log.info("control pipe closed: the master is gone", extra={"event": "zmq_relay_orphaned"})
             self.stopping = True
             return
-        self._control += data
+        self._control = (self._control + data)[-65536:]  # lines are short; garbage must not pile up
         *lines, self._control = self._control.split(b"\n")
         for line in lines:
             verb, _, arg = line.strip().partition(b" ")

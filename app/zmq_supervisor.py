@@ -99,14 +99,14 @@ class RelaySupervisor:
 
     def _command(self) -> list[str]:
         s = self.settings
-        return [
-            sys.executable, "-m", "app.zmq_relay",
-            "--front", s.zmq_address, "--back", self.backend, "--max-body", str(s.max_body_size),
-            "--curve-server-key", s.zmq_curve_server_key,
-            "--curve-client-keys-dir", s.zmq_curve_client_keys_dir,
-            "--curve-client-keys", " ".join(s.zmq_curve_client_keys),
-            "--parent-pid", str(os.getpid()), "--log-level", s.log_level,
-        ]
+        options = {
+            "front": s.zmq_address, "back": self.backend, "max-body": str(s.max_body_size),
+            "curve-server-key": s.zmq_curve_server_key, "curve-client-keys-dir": s.zmq_curve_client_keys_dir,
+            "curve-client-keys": " ".join(s.zmq_curve_client_keys), "parent-pid": str(os.getpid()),
+            "log-level": s.log_level,
+        }
+        # --name=value: a Z85 key may start with "-", which argparse would take for an option.
+        return [sys.executable, "-m", "app.zmq_relay", *(f"--{name}={value}" for name, value in options.items())]
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         # bufsize=0: nothing buffered in stdin that a forked worker could flush twice.
