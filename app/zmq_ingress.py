@@ -176,7 +176,10 @@ class ZmqIngress:
                 except zmq.Again:
                     break
                 if frames[0] == MESSAGES:
-                    self._take(frames)
+                    try:
+                        self._take(frames)
+                    except Exception:  # a bug must not kill the reader and with it the ingress
+                        log.exception("unexpected error taking a ZeroMQ batch", extra={"event": "internal_error"})
                 elif frames[0] == BYE and self.draining:
                     self._bye.set()  # all the relay sent us is behind us now
                     break
@@ -273,8 +276,13 @@ class ZmqIngress:
                 sock.send_multipart(control.popleft())
             while replies:
                 batch = [replies.popleft() for _ in range(min(len(replies), REPLY_BATCH))]
-                sock.send_multipart([REPLIES, pack(batch)])
-                self.in_flight -= len(batch)
+                try:
+                    sock.send_multipart([REPLIES, pack(batch)])
+                except zmq.ZMQError as exc:  # never a dead writer: these answers are lost, not the next ones
+                    log.error("cannot send %d ZeroMQ answer(s): %s", len(batch), exc,
+                              extra={"event": "zmq_send_failed"})
+                finally:
+                    self.in_flight -= len(batch)
             metrics.ZMQ_IN_FLIGHT.set(self.in_flight)
             if self.in_flight < self.capacity:
                 self._room.set()

@@ -168,6 +168,7 @@ class Relay:
         self.workers: dict[bytes, _Worker] = {}
         self.ready: deque[_Worker] = deque()
         self.stopping = False
+        self.orphaned = False  # the master died: nobody else will clean up after us
         self._auth: ThreadAuthenticator | None = None
         self._tag = random.getrandbits(62)  # tags from an earlier relay never match ours
         self._control = b""
@@ -389,8 +390,8 @@ class Relay:
         except BlockingIOError:
             return
         if not data:
-            log.info("control pipe closed: the master is gone", extra={"event": "zmq_relay_orphaned"})
-            self.stopping = True
+            log.warning("control pipe closed: the master is gone; relay stops", extra={"event": "zmq_relay_orphaned"})
+            self.stopping = self.orphaned = True
             return
         self._control = (self._control + data)[-65536:]  # lines are short; garbage must not pile up
         *lines, self._control = self._control.split(b"\n")
@@ -405,9 +406,9 @@ class Relay:
                 self.stopping = True
 
     def _check_workers(self, now: float) -> None:
-        if self.options.parent_pid and os.getppid() != self.options.parent_pid:
+        if self.options.parent_pid and os.getppid() != self.options.parent_pid and not self.stopping:
             log.warning("the gunicorn master is gone; relay stops", extra={"event": "zmq_relay_orphaned"})
-            self.stopping = True
+            self.stopping = self.orphaned = True
         for worker in list(self.workers.values()):
             if worker.lost_at is None and now - worker.last_seen > STALE_AFTER:
                 if not _alive(worker.pid):
@@ -453,6 +454,10 @@ class Relay:
             if path:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+        back = ipc_path(self.options.back)
+        if self.orphaned and back:
+            with contextlib.suppress(OSError):  # the master's private directory, now empty
+                os.rmdir(os.path.dirname(back))
 
 
 def _alive(pid: int) -> bool:
@@ -506,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the status line was stdout's only use
     try:
         relay.run(control_fd=sys.stdin.fileno())
+    except Exception:
+        # The master restarts it; say why first.
+        log.exception("relay crashed", extra={"event": "zmq_relay_crashed", "ingress": "zmq"})
+        return 1
     finally:
         relay.close()
     log.info("relay stopped", extra={"event": "zmq_relay_stopped", "ingress": "zmq"})

@@ -303,6 +303,32 @@ def test_relay_killed_is_restarted_and_producers_carry_on(start, rabbit, short_d
     assert not os.path.exists(f"{short_dir}/in")
 
 
+def test_master_killed_outright_relay_exits_and_removes_its_files(start, short_dir):
+    gw = start(f"ipc://{short_dir}/in")
+    backend_dir = relay_backend_dir(gw)
+    orphans = [relay_pid(gw), *gunicorn_workers(gw)]
+    assert gw.proc is not None
+    gw.proc.kill()  # no hooks run: the relay must notice on its own
+    gw.proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in orphans) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in orphans)  # the relay and the workers all went away
+    assert not os.path.exists(f"{short_dir}/in")
+    assert not os.path.exists(backend_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # orphans are reaped by init; until then a zombie counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _gunicorn_fails(tmp_path: Path, cfg: str) -> str:
     path = tmp_path / "bad.cfg"
     path.write_text(cfg)
