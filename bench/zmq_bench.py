@@ -1,6 +1,6 @@
 """ZeroMQ publishing through the gateway against one raw pika connection, in one run.
 
-    .venv/bin/python bench/zmq_bench.py [--messages 100000] [--rounds 3]
+    .venv/bin/python bench/zmq_bench.py [--messages 50000] [--rounds 3] [--mode both]
 
 (a) *raw*: one pika ``BlockingConnection`` publishing 100-byte messages in a
     tight loop, **without** confirms, to the local broker;
@@ -13,7 +13,9 @@ durable queue, once with persistent messages (the gateway's default,
 ``PERSISTENT,true``) and once with transient ones; every gateway message is
 counted in the queue. Raw and gateway rounds alternate and the best round of
 each is compared (on a shared machine the best round is the least disturbed;
-medians are printed too). Prints a table and one JSON line.
+medians are printed too). A third figure, one pika connection publishing
+*with* confirms (pipelined), shows the broker's own ceiling for confirmed
+publishing. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import deque
 from pathlib import Path
 
 import pika
@@ -60,6 +63,60 @@ def raw_round(queue: str, count: int, size: int, persistent: bool) -> float:
     elapsed = time.perf_counter() - started
     conn.close()
     return count / elapsed
+
+
+def raw_confirmed_round(queue: str, count: int, size: int, persistent: bool, window: int = 2000) -> float:
+    """Messages per second of one pika connection publishing WITH confirms, pipelined.
+
+    Not the target's baseline: the broker's own ceiling for confirmed publishing
+    on one connection, to show how much of the gap is the broker's.
+    """
+    user, _, rest = AMQP.partition("@")
+    name, _, password = user.partition(":")
+    hostport, _, vhost = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    params = pika.ConnectionParameters(host, int(port or 5672), vhost or "/", pika.PlainCredentials(name, password))
+    body = b"x" * size
+    props = pika.BasicProperties(delivery_mode=2 if persistent else 1)
+    outstanding: deque[int] = deque()
+    state = {"sent": 0, "confirmed": 0, "started": 0.0, "ended": 0.0}
+    channel_box: list = []
+
+    def publish_more() -> None:
+        channel = channel_box[0]
+        while state["sent"] < count and len(outstanding) < window:
+            channel.basic_publish("", queue, body, props)
+            state["sent"] += 1
+            outstanding.append(state["sent"])
+
+    def on_confirm(frame: pika.frame.Method) -> None:
+        tag, multiple = frame.method.delivery_tag, frame.method.multiple
+        if multiple:
+            while outstanding and outstanding[0] <= tag:
+                outstanding.popleft()
+                state["confirmed"] += 1
+        elif tag in outstanding:
+            outstanding.remove(tag)
+            state["confirmed"] += 1
+        if state["confirmed"] >= count:
+            state["ended"] = time.perf_counter()
+            conn.close()
+        else:
+            publish_more()
+
+    def on_channel(channel: pika.channel.Channel) -> None:
+        channel_box.append(channel)
+
+        def go(_frame: object) -> None:
+            state["started"] = time.perf_counter()
+            publish_more()
+
+        channel.confirm_delivery(on_confirm, callback=go)
+
+    conn = pika.SelectConnection(params, on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+                                 on_close_callback=lambda _c, _r: conn.ioloop.stop())
+    conn.ioloop.start()
+    return count / (state["ended"] - state["started"])
 
 
 def _producer(address: str, queue: str, count: int, size: int, window: int, start_at: float,
@@ -149,6 +206,7 @@ def compare(args: argparse.Namespace, channel: object, queue: str, persistent: b
     gateway = Gateway(args.workers, args.in_flight, persistent)
     raw: list[float] = []
     via: list[float] = []
+    confirmed: list[float] = []
     try:
         gateway_round(gateway.address, queue, 10_000, args.size, args.producers, args.window)  # warm-up
         channel.queue_purge(queue)
@@ -162,8 +220,10 @@ def compare(args: argparse.Namespace, channel: object, queue: str, persistent: b
                 raise SystemExit(f"round {number}: {result['ok']} OK, {result['errors']} ERR, "
                                  f"{in_queue} in the queue; expected {args.messages}")
             via.append(result["rate"])
+            confirmed.append(raw_confirmed_round(queue, args.messages, args.size, persistent))
+            channel.queue_purge(queue)
             print(f"{'persistent' if persistent else 'transient'} round {number}: raw {raw[-1]:,.0f} msg/s   "
-                  f"gateway {via[-1]:,.0f} msg/s", file=sys.stderr)
+                  f"gateway {via[-1]:,.0f} msg/s   (raw with confirms {confirmed[-1]:,.0f} msg/s)", file=sys.stderr)
     finally:
         gateway.stop()
     return {
@@ -171,12 +231,14 @@ def compare(args: argparse.Namespace, channel: object, queue: str, persistent: b
         "raw_median": round(statistics.median(raw)), "gateway_median": round(statistics.median(via)),
         "ratio_best": round(max(via) / max(raw), 3),
         "ratio_median": round(statistics.median(via) / statistics.median(raw), 3),
+        "raw_confirmed_best": round(max(confirmed)),
+        "ratio_to_raw_confirmed": round(max(via) / max(confirmed), 3),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
@@ -203,7 +265,7 @@ def main() -> None:
         f = figures[mode]
         print(f"{mode:>10}: raw pika, no confirms {f['raw_best']:>7,} msg/s | gateway, ZeroMQ + confirms "
               f"{f['gateway_best']:>7,} msg/s | {f['ratio_best']:.2f}x (medians {f['ratio_median']:.2f}x; "
-              "target 0.8x)")
+              f"target 0.8x) | raw pika WITH confirms {f['raw_confirmed_best']:>7,} msg/s")
     print(json.dumps(figures))
 
 
