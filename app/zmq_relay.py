@@ -37,12 +37,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import zmq
-import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from app import logs, metrics
 from app.errors import WorkerLost
 from app.zmq_frames import BYE, HEADER, HELLO, MESSAGES, REPLIES, error_reply, split_request, unpack
+from app.zmq_sockets import CurveError, curve_server, recv_frames, send_frames
 from app.zmq_supervisor import ipc_in_use, ipc_path
 
 log = logging.getLogger("app.zmq_relay")  # not __name__: it runs as __main__
@@ -55,31 +55,6 @@ STALE_AFTER = 3.0  # no HELLO for this long: give the worker nothing new
 FRONT_SNDHWM = 100_000  # replies queued for one slow producer before they are dropped
 LINGER_MS = 1000  # at close, time left to deliver the last replies
 WORKER_LOST = error_reply(WorkerLost())
-
-# pyzmq's send_multipart/recv_multipart spend more time in Python (option and
-# flag enums) than libzmq spends moving the frames; the relay touches every
-# frame of every message, so it calls the plain socket methods with int flags.
-_send = zmq.backend.Socket.send
-_recv = zmq.backend.Socket.recv
-_SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
-_MORE = _SNDMORE | _NOBLOCK
-
-
-def _recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """One whole multipart message, without waiting (zmq.Again if none)."""
-    frame = _recv(sock, _NOBLOCK, False)
-    parts = [frame.bytes]
-    while frame.more:
-        frame = _recv(sock, _NOBLOCK, False)
-        parts.append(frame.bytes)
-    return parts
-
-
-def _send_frames(sock: zmq.Socket, parts: list[bytes]) -> None:
-    """Send a multipart message without waiting; a ROUTER_MANDATORY failure raises on the first frame."""
-    last = len(parts) - 1
-    for index, part in enumerate(parts):
-        _send(sock, part, _NOBLOCK if index == last else _MORE)
 
 
 class RelayError(Exception):
@@ -113,48 +88,6 @@ class _Worker:
     def can_take(self) -> bool:
         return (len(self.outstanding) < self.capacity and not self.draining
                 and not self.stale and self.lost_at is None)
-
-
-class _AllowList:
-    """CURVE client keys allowed in: a fixed list plus a directory re-read when it changes."""
-
-    def __init__(self, keys: tuple[str, ...], directory: str):
-        self.fixed = {key.encode() for key in keys}
-        self.directory = directory
-        self._mtime: float | None = None
-        self._from_dir: set[bytes] = set()
-        self._denied_logged: dict[bytes, float] = {}
-        self.refresh()
-        if not self.fixed and not self._from_dir:
-            raise RelayError("no allowed CURVE client key: the client key list and directory are empty")
-
-    def refresh(self) -> None:
-        if not self.directory:
-            return
-        try:
-            mtime = os.stat(self.directory).st_mtime
-        except OSError as exc:
-            raise RelayError(f"CURVE client key directory {self.directory}: {exc.strerror}") from None
-        if mtime != self._mtime:
-            try:
-                self._from_dir = set(zmq.auth.load_certificates(self.directory))
-            except (OSError, ValueError) as exc:
-                raise RelayError(f"CURVE client key directory {self.directory}: {exc}") from None
-            self._mtime = mtime
-
-    def callback(self, _domain: str, key: bytes) -> bool:
-        """pyzmq's ZAP hook: is this client's public key (Z85) allowed?"""
-        with contextlib.suppress(RelayError):
-            self.refresh()  # keep the last good list if the directory is briefly unreadable
-        if key in self.fixed or key in self._from_dir:
-            return True
-        metrics.ZMQ_RELAY_EVENTS.labels("auth_denied").inc()
-        now = time.monotonic()
-        if now - self._denied_logged.get(key, -60.0) >= 60.0:  # clients retry every 100 ms
-            self._denied_logged[key] = now
-            log.warning("refused a ZeroMQ producer with an unknown CURVE key %s", key.decode(),
-                        extra={"event": "zmq_auth_denied", "ingress": "zmq"})
-        return False
 
 
 class Relay:
@@ -203,19 +136,10 @@ class Relay:
     def _setup_curve(self) -> None:
         opts = self.options
         try:
-            public, secret = zmq.auth.load_certificate(opts.curve_server_key)
-        except (OSError, ValueError) as exc:
-            raise RelayError(f"CURVE server key {opts.curve_server_key}: {exc}") from None
-        if not secret:
-            raise RelayError(f"CURVE server key {opts.curve_server_key} holds no secret key "
-                             "(use the *.key_secret certificate)")
-        allow = _AllowList(opts.curve_client_keys, opts.curve_client_keys_dir)
-        self._auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("app.zmq_relay.zap"))
-        self._auth.start()
-        self._auth.configure_curve_callback("*", allow)
-        self.front.curve_secretkey = secret
-        self.front.curve_publickey = public
-        self.front.curve_server = True
+            self._auth = curve_server(self.ctx, self.front, opts.curve_server_key, opts.curve_client_keys,
+                                      opts.curve_client_keys_dir)
+        except CurveError as exc:
+            raise RelayError(str(exc)) from None
 
     # -- the loop ----------------------------------------------------------------
 
@@ -259,7 +183,7 @@ class Relay:
             if not ready:
                 break
             try:
-                frames = _recv_frames(front)
+                frames = recv_frames(front)
             except zmq.Again:
                 break
             received += 1
@@ -285,7 +209,7 @@ class Relay:
             metrics.ZMQ_RECEIVED.inc(received)
         for worker, chunks in batches.items():
             try:
-                _send_frames(self.back, [worker.wid, MESSAGES, b"".join(chunks)])
+                send_frames(self.back, [worker.wid, MESSAGES, b"".join(chunks)])
             except zmq.ZMQError as exc:
                 # The worker's pipe is gone (it died): it never saw these.
                 log.warning("worker %d unreachable (%s); answering its messages", worker.pid, exc.strerror,
@@ -296,7 +220,7 @@ class Relay:
     def _answer(self, head: list[bytes], reply: bytes) -> None:
         head.append(reply)
         try:
-            _send_frames(self.front, head)
+            send_frames(self.front, head)
         except zmq.ZMQError:
             # The producer went away or lets its replies pile up past FRONT_SNDHWM.
             metrics.ZMQ_RELAY_EVENTS.labels("reply_dropped").inc()
@@ -305,7 +229,7 @@ class Relay:
         back = self.back
         for _ in range(READ_BATCH):
             try:
-                frames = _recv_frames(back)
+                frames = recv_frames(back)
             except zmq.Again:
                 return
             if len(frames) < 2:
@@ -338,7 +262,7 @@ class Relay:
                 continue
             head.append(reply)
             try:
-                _send_frames(front, head)
+                send_frames(front, head)
             except zmq.ZMQError:
                 dropped += 1
         if dropped:
@@ -372,7 +296,7 @@ class Relay:
             self._unready(worker)
             # Everything sent to it so far is ahead of this in its pipe.
             with contextlib.suppress(zmq.ZMQError):
-                _send_frames(self.back, [wid, BYE])
+                send_frames(self.back, [wid, BYE])
         elif not worker.ready and worker.can_take():
             worker.ready = True
             self.ready.append(worker)
