@@ -24,6 +24,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -199,6 +200,7 @@ class Gateway:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
         self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def compare(args: argparse.Namespace, channel: object, queue: str, persistent: bool) -> dict:

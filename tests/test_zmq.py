@@ -303,8 +303,10 @@ def test_relay_killed_is_restarted_and_producers_carry_on(start, rabbit, short_d
     assert not os.path.exists(f"{short_dir}/in")
 
 
-def test_master_killed_outright_relay_exits_and_removes_its_files(start, short_dir):
-    gw = start(f"ipc://{short_dir}/in")
+def test_master_killed_outright_relay_exits_and_removes_its_files(start, short_dir, tmp_path):
+    metrics_dir = tmp_path / "metrics"  # ours: the killed master cannot remove the one it would make
+    metrics_dir.mkdir()
+    gw = start(f"ipc://{short_dir}/in", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     backend_dir = relay_backend_dir(gw)
     orphans = [relay_pid(gw), *gunicorn_workers(gw)]
     assert gw.proc is not None
