@@ -23,6 +23,7 @@ answered, then the socket closes with a bounded linger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -273,7 +274,8 @@ class ZmqIngress:
             self._wake.wait()
             self._wake.clear()
             while control:
-                sock.send_multipart(control.popleft())
+                with contextlib.suppress(zmq.ZMQError):  # a heartbeat: the next one follows
+                    sock.send_multipart(control.popleft())
             while replies:
                 batch = [replies.popleft() for _ in range(min(len(replies), REPLY_BATCH))]
                 try:

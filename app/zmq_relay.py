@@ -281,6 +281,8 @@ class Relay:
             log.warning("bad HELLO from %r", wid[:20], extra={"event": "zmq_protocol"})
             return
         if worker is None:
+            if not _alive(pid):
+                return  # a dead worker's last heartbeat, read after we forgot it
             worker = self.workers[wid] = _Worker(wid, pid, capacity)
             metrics.ZMQ_RELAY_EVENTS.labels("worker_joined").inc()
             log.info("worker %d joined (takes %d in flight)", pid, capacity,
