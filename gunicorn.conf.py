@@ -5,7 +5,9 @@ usual; ``GATEWAY_BIND`` and ``GATEWAY_WORKERS`` set them from the environment.
 
 Order in each worker (gevent): ``post_fork`` (before monkey-patching), then the
 app is loaded (``create_app``: pools start connecting in greenlets), then
-``post_worker_init``. Nothing connects in the master.
+``post_worker_init`` (the ZeroMQ ingress). Nothing connects in the master; with
+``ZMQ_SOCK_ADDRESS`` set, the master starts and watches the ZeroMQ relay, a
+process of its own (see docs/zmq.md).
 """
 
 import os
@@ -63,7 +65,8 @@ def on_starting(server):
     from app.config import ConfigError, load_settings
 
     try:
-        load_tokens(load_settings())  # a bad tokens file fails here too, not in each worker
+        server._gateway_settings = load_settings()
+        load_tokens(server._gateway_settings)  # a bad tokens file fails here too, not in each worker
     except ConfigError as err:
         # One line, no traceback, never a password (ConfigError never holds one).
         sys.stderr.write(f"gateway: config error: {err}\n")
@@ -76,30 +79,65 @@ def on_starting(server):
         metrics.clear_dir(path)
 
 
+def when_ready(server):
+    """Master: bind ZMQ_SOCK_ADDRESS once, in the relay process, before any worker boots."""
+    settings = server._gateway_settings
+    if not settings.zmq_address:
+        return
+    from app.zmq_supervisor import RelayStartError, RelaySupervisor
+
+    relay = RelaySupervisor(settings)
+    try:
+        relay.start()
+    except RelayStartError as err:
+        sys.stderr.write(f"gateway: ZeroMQ relay: {err}\n")
+        on_exit(server)
+        sys.exit(1)
+    server._gateway_zmq = relay
+
+
 def post_fork(server, worker):
     """Worker, before gevent patches: make psycopg2 cooperative before any DB connection."""
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()
+    relay = getattr(server, "_gateway_zmq", None)
+    if relay is not None:
+        worker.gateway_zmq_backend = relay.backend
+        relay.forget_in_worker()
+
+
+def post_worker_init(worker):
+    """Worker, app loaded and gevent patched: start the ZeroMQ ingress (if configured)."""
+    if getattr(worker, "gateway_zmq_backend", None):
+        from app import zmq_ingress
+
+        zmq_ingress.start_in_worker(worker)
 
 
 def worker_exit(server, worker):
-    """Worker, after its last request: close AMQP connections cleanly."""
+    """Worker, after its last request: answer ZeroMQ messages taken, close AMQP connections."""
     from app import shutdown
 
     shutdown(worker.wsgi)
 
 
 def child_exit(server, worker):
-    """Master: forget a dead worker's live gauges and pool snapshot."""
+    """Master: forget a dead worker's live gauges and pool snapshot; tell the relay it is gone."""
     from app import metrics, pool_status
 
     metrics.mark_process_dead(worker.pid)
     pool_status.remove_worker(metrics.multiprocess_dir(), worker.pid)
+    relay = getattr(server, "_gateway_zmq", None)
+    if relay is not None:
+        relay.worker_exited(worker.pid)
 
 
 def on_exit(server):
-    """Master: remove the metrics directory we made."""
+    """Master, workers gone: stop the ZeroMQ relay, remove its files and the metrics directory we made."""
+    relay = getattr(server, "_gateway_zmq", None)
+    if relay is not None:
+        relay.stop()
     path = os.environ.get("GATEWAY_METRICS_TMPDIR")
     if path and path == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(path, ignore_errors=True)

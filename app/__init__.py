@@ -65,10 +65,14 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
 
 
 def shutdown(app: Flask, timeout: float = 2.0) -> None:
-    """Close the worker's AMQP connections cleanly (gunicorn's worker_exit)."""
+    """Answer the ZeroMQ messages taken, then close the AMQP connections (gunicorn's worker_exit)."""
+    ingress = app.extensions.get("zmq_ingress")
+    if ingress is not None:
+        # Before the connections go: what it holds still needs them.
+        ingress.close(ingress.gateway.settings.publish_timeout + 2)
     source = app.extensions.pop("dbsource", None)
     if source is not None:
-        source.stop(timeout)  # first, so no config change lands while closing
+        source.stop(timeout)  # so no config change lands while closing
     status = app.extensions.get("pool_status")
     if status is not None:
         status.stop()

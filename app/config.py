@@ -262,6 +262,40 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+# libzmq's limit for an ipc:// path (sockaddr_un.sun_path, less the NUL).
+_IPC_PATH_MAX = 107
+_Z85 = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+
+
+def _zmq_address(text: str) -> str:
+    """``ipc://<path>`` or ``tcp://<host>:<port>``; empty turns ZeroMQ off."""
+    text = text.strip()
+    if not text:
+        return ""
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in ("ipc", "tcp") or not rest:
+        raise ValueError(f"expected ipc://<path> or tcp://<host>:<port>, got {text!r}")
+    if scheme == "ipc":
+        if not (rest.startswith("/") or rest.startswith("@")):
+            raise ValueError(f"an ipc:// path must be absolute (ipc:///dir/name), got {text!r}")
+        if len(rest.encode()) > _IPC_PATH_MAX:
+            raise ValueError(f"the ipc:// path is longer than {_IPC_PATH_MAX} bytes")
+        return text
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected tcp://<host>:<port> with a port number, got {text!r}")
+    return text
+
+
+def _z85_keys(text: str) -> tuple[str, ...]:
+    """Space-separated 40-character Z85 CURVE public keys."""
+    keys = tuple(text.split())
+    for key in keys:
+        if not _Z85.match(key):
+            raise ValueError(f"not a 40-character Z85 public key: {key[:12]!r}...")
+    return keys
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -302,8 +336,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("NO_OF_CONNECTIOS", "pool_size", "5", _number(int, 1, 1000),
            "Connections kept open per RabbitMQ server (seed spelling).",
            aliases=("NO_OF_CONNECTIONS", "POOL_SIZE")),
-    Option("ZMQ_SOCK_ADDRESS", "zmq_address", "", _text,
+    Option("ZMQ_SOCK_ADDRESS", "zmq_address", "", _zmq_address,
            "ZeroMQ address producers connect to (`ipc://...` or `tcp://...`); empty: ZeroMQ off."),
+    Option("ZMQ_MAX_IN_FLIGHT", "zmq_max_in_flight", "2000", _number(int, 1, 1_000_000),
+           "ZeroMQ messages one worker holds unanswered; when every worker is full the relay stops "
+           "reading producers and ZeroMQ's high-water marks push back on them."),
+    Option("ZMQ_CURVE_SERVER_KEY", "zmq_curve_server_key", "", _text,
+           "File with the service's CURVE key pair (a ZeroMQ secret certificate); set, producers "
+           "must connect with CURVE and an allowed key. Empty: CURVE off."),
+    Option("ZMQ_CURVE_CLIENT_KEYS_DIR", "zmq_curve_client_keys_dir", "", _text,
+           "Directory of the allowed producers' public certificates (`*.key`)."),
+    Option("ZMQ_CURVE_CLIENT_KEYS", "zmq_curve_client_keys", "", _z85_keys,
+           "Allowed producers' CURVE public keys (Z85, 40 characters), separated by spaces."),
     Option("POOL_TIMEOUT", "pool_timeout", "2", _number(float, 0.0, 60.0),
            "Seconds a publish waits for a free pooled connection before `503 pool_timeout`."),
     Option("CONFIRM_TIMEOUT", "confirm_timeout", "5", _number(float, 0.1, 120.0),
@@ -391,6 +435,10 @@ class Settings:
     db_reconnect_backoff_max: float = 5.0
     pool_size: int = 5
     zmq_address: str = ""
+    zmq_max_in_flight: int = 2000
+    zmq_curve_server_key: str = ""
+    zmq_curve_client_keys_dir: str = ""
+    zmq_curve_client_keys: tuple[str, ...] = ()
     pool_timeout: float = 2.0
     confirm_timeout: float = 5.0
     publish_timeout: float = 8.0
@@ -567,6 +615,9 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
     if not settings.use_db and not settings.connections:
         raise ConfigError("no RMQ_CONN_STR line and USE_DB is false: nothing to publish to", source)
     check_connection_count(len(settings.connections), settings.max_connection_ids, source)
+    if settings.zmq_curve_server_key and not (settings.zmq_curve_client_keys_dir or settings.zmq_curve_client_keys):
+        # CURVE with nobody allowed would refuse every producer; say so at start-up.
+        raise ConfigError("ZMQ_CURVE_SERVER_KEY needs ZMQ_CURVE_CLIENT_KEYS_DIR or ZMQ_CURVE_CLIENT_KEYS", source)
     return settings
 
 

@@ -6,7 +6,8 @@
     ├── BadRequest               400 bad_request
     │   ├── MalformedBody        400 malformed_body
     │   ├── InvalidConnectionId  400 invalid_connection_id
-    │   └── InvalidQueue         400 invalid_queue
+    │   ├── InvalidQueue         400 invalid_queue
+    │   └── MalformedFrames      400 malformed_frames   (ZeroMQ: wrong number of frames)
     ├── Unauthorized             401 unauthorized       (+ WWW-Authenticate)
     ├── Forbidden                403 forbidden
     ├── NotFound                 404 not_found          (no such route)
@@ -20,7 +21,8 @@
         ├── BrokerBlocked        503 broker_blocked
         ├── PublishNacked        503 nacked
         ├── ConfirmTimeout       503 confirm_timeout
-        └── ConnectionLost       503 connection_lost
+        ├── ConnectionLost       503 connection_lost
+        └── WorkerLost           503 worker_lost        (ZeroMQ: the worker died holding it)
 
 ``ConnectionLost`` is also what the AMQP layer raises inside the gateway when a
 connection dies under a publish; the router retries it (at-least-once) and
@@ -61,6 +63,10 @@ class InvalidConnectionId(BadRequest):
 
 class InvalidQueue(BadRequest):
     code = "invalid_queue"
+
+
+class MalformedFrames(BadRequest):
+    code = "malformed_frames"
 
 
 class Unauthorized(GatewayError):
@@ -138,6 +144,11 @@ class ConfirmTimeout(Unavailable):
 
 class ConnectionLost(Unavailable):
     code = "connection_lost"
+
+
+class WorkerLost(Unavailable):
+    # Published or not, nobody can tell: like connection_lost, "cannot know".
+    code = "worker_lost"
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -126,3 +126,21 @@ def mark_process_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (called from gunicorn's child_exit)."""
     if multiprocess_dir():
         _multiprocess.mark_process_dead(pid)
+
+# ZeroMQ ingress (outcomes are in gateway_publish_total{ingress="zmq"}).
+ZMQ_RECEIVED = Counter(
+    "gateway_zmq_received_total", "ZeroMQ messages the relay took from producers.",
+)
+ZMQ_RELAY_EVENTS = Counter(
+    "gateway_zmq_relay_events_total",
+    "ZeroMQ relay events: started, worker_joined, worker_left, worker_lost, reply_dropped, auth_denied.",
+    ["event"],
+)
+ZMQ_IN_FLIGHT = Gauge(
+    "gateway_zmq_in_flight", "ZeroMQ messages taken by workers and not answered yet.",
+    multiprocess_mode="livesum",
+)
+ZMQ_BATCH_SIZE = Histogram(
+    "gateway_zmq_batch_size", "Messages published together on one connection (one confirm wait).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
