@@ -70,7 +70,10 @@ class Route:
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         self._queued: deque[_Slot] = deque()
         self._flushers = 0
-        self.max_flushers = settings.pool_size + settings.pool_max_overflow
+        # As many flushers as the primary and backup can hold connections: when
+        # a stalled primary holds its flushers until their confirms time out,
+        # publishes after the failover still find flushers for the backup.
+        self.max_flushers = (settings.pool_size + settings.pool_max_overflow) * len(self.pools)
         self.active_role: str | None = None
         for pool in self.pools:
             pool.health.subscribe(self._on_health_change)
