@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from app import metrics
+from app.processes import is_alive
 
 if TYPE_CHECKING:  # the master imports this module for child_exit: keep pika out of it
     from app.gateway import Gateway
@@ -51,15 +52,6 @@ def worker_snapshot(gateway: Gateway) -> dict[str, Any]:
         "connections": {conn_id: route.snapshot() for conn_id, route in sorted(gateway.routes.items())},
     }
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _same_or_mixed(values: list[Any]) -> Any:
@@ -115,7 +107,7 @@ def read_all(directory: str, own: dict[str, Any]) -> list[dict[str, Any]]:
         if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
             continue
         pid_text = name[len(_PREFIX):-len(_SUFFIX)]
-        if not pid_text.isdigit() or int(pid_text) == own["pid"] or not _alive(int(pid_text)):
+        if not pid_text.isdigit() or int(pid_text) == own["pid"] or not is_alive(int(pid_text)):
             continue
         try:
             with open(os.path.join(directory, name), encoding="utf-8") as handle:

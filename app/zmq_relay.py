@@ -41,6 +41,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from app import logs, metrics
 from app.errors import WorkerLost
+from app.processes import is_alive
 from app.zmq_frames import BYE, HEADER, HELLO, MESSAGES, REPLIES, error_reply, split_request, unpack
 from app.zmq_sockets import CurveError, curve_server, recv_frames, send_frames
 from app.zmq_supervisor import ipc_in_use, ipc_path
@@ -281,7 +282,7 @@ class Relay:
             log.warning("bad HELLO from %r", wid[:20], extra={"event": "zmq_protocol"})
             return
         if worker is None:
-            if not _alive(pid):
+            if not is_alive(pid):
                 return  # a dead worker's last heartbeat, read after we forgot it
             worker = self.workers[wid] = _Worker(wid, pid, capacity)
             metrics.ZMQ_RELAY_EVENTS.labels("worker_joined").inc()
@@ -337,7 +338,7 @@ class Relay:
             self.stopping = self.orphaned = True
         for worker in list(self.workers.values()):
             if worker.lost_at is None and now - worker.last_seen > STALE_AFTER:
-                if not _alive(worker.pid):
+                if not is_alive(worker.pid):
                     worker.lost_at = now
                 elif not worker.stale:
                     worker.stale = True  # busy or stuck: nothing new until it says HELLO again
@@ -385,15 +386,6 @@ class Relay:
             with contextlib.suppress(OSError):  # the master's private directory, now empty
                 os.rmdir(os.path.dirname(back))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _parse_args(argv: list[str] | None) -> tuple[RelayOptions, str]:

@@ -235,7 +235,8 @@ def bench_zmq() -> dict[str, Any] | None:
     script = REPO / "bench" / "zmq_bench.py"
     if not script.exists():
         return None
-    done = subprocess.run([PYTHON, str(script), "--json"], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([PYTHON, str(script), "--rounds", os.environ.get("BENCH_ZMQ_ROUNDS", "2")],
+                          cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         log(f"zmq bench failed: {done.stderr[-1000:]}")
         return {"error": done.stderr[-500:]}
@@ -291,11 +292,16 @@ def table(results: dict[str, Any]) -> str:
         p50 = f"{r['p50_ms']:.1f}" if "p50_ms" in r else "-"
         p99 = f"{r['p99_ms']:.1f}" if "p99_ms" in r else "-"
         rows.append(f"| {name} | {r['rps']:.0f} | {p50} | {p99} | {g['rps'] / r['rps']:.2f} |")
-    z = results.get("zmq")
-    if z and "gateway_msgs_per_s" in z:
-        rows.append(f"| ZeroMQ through the gateway (confirmed) | {z['gateway_msgs_per_s']:.0f} | - | - | - |")
-        rows.append(f"| raw pika, no confirms, tight loop | {z['raw_msgs_per_s']:.0f} | - | - | "
-                    f"{z['gateway_msgs_per_s'] / z['raw_msgs_per_s']:.2f} (ZeroMQ ÷ raw) |")
+    z = results.get("zmq") or {}
+    for mode in ("persistent", "transient"):
+        if mode in z:
+            f = z[mode]
+            rows.append(f"| ZeroMQ through the gateway, {mode}, confirmed | {f['gateway_best']:.0f} msg/s | - | - "
+                        f"| 1.00 |")
+            rows.append(f"| raw pika, {mode}, no confirms, tight loop | {f['raw_best']:.0f} msg/s | - | - "
+                        f"| {f['ratio_best']:.2f} |")
+            rows.append(f"| raw pika, {mode}, with confirms (pipelined) | {f['raw_confirmed_best']:.0f} msg/s "
+                        f"| - | - | {f['ratio_to_raw_confirmed']:.2f} |")
     rows += ["", "| workers | pool size | req/s | p99 ms |", "|---|---|---|---|"]
     rows += [f"| {r['workers']} | {r['pool']} | {r['rps']:.0f} | {r['p99_ms']:.1f} |" for r in results["scaling"]]
     m = results["memory"]
@@ -314,10 +320,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     names = ["gateway", "gateway batch (msgs)", "management API", "conn/message", "no-op route"]
     values = [results["gateway"]["rps"], results["batch"]["msgs_per_s"]]
     values += [results[k]["rps"] for k in ("management", "conn_per_message", "noop")]
-    z = results.get("zmq")
-    if z and "gateway_msgs_per_s" in z:
-        names += ["ZeroMQ gateway", "raw pika (no confirms)"]
-        values += [z["gateway_msgs_per_s"], z["raw_msgs_per_s"]]
+    z = results.get("zmq") or {}
+    if "persistent" in z:
+        names += ["ZeroMQ gateway (persistent)", "raw pika, no confirms (persistent)"]
+        values += [z["persistent"]["gateway_best"], z["persistent"]["raw_best"]]
     left.barh(names[::-1], values[::-1], color="#4878a8")
     left.set_xlabel("messages per second (100 B, confirmed unless said)")
     left.set_title("Publishing, one run")
@@ -356,9 +362,9 @@ def main() -> None:
         "gateway_over_noop": g / results["noop"]["rps"],
         "batch_msgs_over_noop": results["batch"]["msgs_per_s"] / results["noop"]["rps"],
     }
-    z = results["zmq"]
-    if z and "gateway_msgs_per_s" in z:
-        results["ratios"]["zmq_over_raw_pika"] = z["gateway_msgs_per_s"] / z["raw_msgs_per_s"]
+    for mode in ("persistent", "transient"):
+        if mode in (results["zmq"] or {}):
+            results["ratios"][f"zmq_over_raw_pika_{mode}"] = results["zmq"][mode]["ratio_best"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2)
     (RESULTS / "latest.json").write_text(text + "\n")

@@ -47,15 +47,7 @@ def http_publisher(port: int, conn_id: str, queue: str):
 
 
 def log_events(server: GatewayProcess, event: str) -> list[dict]:
-    found = []
-    for line in server.logs().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("event") == event:
-            found.append(entry)
-    return found
+    return server.events(event)
 
 
 def readyz(server: GatewayProcess) -> tuple[int, dict]:

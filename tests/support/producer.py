@@ -6,7 +6,6 @@ send or receive lets the proxies and other greenlets run.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -124,17 +123,7 @@ def wait_for_workers(gw: GatewayProcess, count: int, timeout: float = 30) -> lis
 
 def events(gw: GatewayProcess, name: str) -> list[dict]:
     """The JSON log records of one event."""
-    found = []
-    for line in gw.logs().splitlines():
-        if f'"{name}"' not in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == name:
-            found.append(record)
-    return found
+    return gw.events(name)
 
 
 def wait_for_event(gw: GatewayProcess, name: str, count: int = 1, timeout: float = 15) -> list[dict]:

@@ -97,3 +97,17 @@ class GatewayProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict]:
+        """The JSON log records of one event, in order."""
+        found = []
+        for line in self.logs().splitlines():
+            if f'"{name}"' not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # not a JSON line (e.g. a child's plain stderr)
+            if record.get("event") == name:
+                found.append(record)
+        return found
