@@ -384,7 +384,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("SERVER_QUARANTINE", "server_quarantine", "5", _number(float, 0.0, 3600.0),
            "Seconds a server that failed to connect is skipped before it is tried (probed) again."),
     Option("RETRY_BUDGET_RATIO", "retry_budget_ratio", "0.2", _number(float, 0.0, 10.0),
-           "Retries allowed per publish on average (a flapping broker cannot multiply the load)."),
+           "Retries allowed per publish attempt on average (one attempt sends one message or one batch, "
+           "and one retry resends one); a flapping broker cannot multiply the load."),
     Option("RETRY_BUDGET_MIN", "retry_budget_min", "10", _number(float, 0.0, 100000.0),
            "Retries per second always allowed, whatever the ratio."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),

@@ -1,6 +1,7 @@
 """A retry budget: retries stay a bounded share of the traffic.
 
-Each publish deposits ``ratio`` tokens; each retry spends one; ``min_per_second``
+Each publish attempt (one message, or one group-committed batch of them)
+deposits ``ratio`` tokens; each retry (of that message or batch) spends one; ``min_per_second``
 tokens flow in regardless, so a quiet gateway can still retry. When a broker
 flaps, the retries it causes cannot multiply the load on the brokers (the
 approach of Finagle's and Envoy's retry budgets).
