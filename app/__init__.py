@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, json
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from app import auth, logs, request_id
 from app.config import Settings, load_settings
-from app.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized, Unavailable
+from app.errors import GatewayError, MethodNotAllowed, NotFound, http_answer
 from app.gateway import Gateway
 from app.pool_status import PoolStatus
+from app.publish_endpoint import PublishEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     from app import routes
 
     app.register_blueprint(routes.bp)
+    app.wsgi_app = PublishEndpoint(app.wsgi_app, gateway, app.extensions["access"])  # type: ignore[method-assign]
     app.register_error_handler(GatewayError, _error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -83,23 +85,11 @@ def shutdown(app: Flask, timeout: float = 2.0) -> None:
 
 
 def _error_response(exc: GatewayError) -> Response:
-    """The one JSON shape of every error answer."""
-    response = Response(json.dumps(exc.to_json()) + "\n", exc.status, content_type="application/json")
-    if isinstance(exc, Unavailable):
-        response.headers["Retry-After"] = str(_retry_after())
-    if isinstance(exc, MethodNotAllowed) and exc.allow:
-        response.headers["Allow"] = ", ".join(exc.allow)
-    if isinstance(exc, Unauthorized):
-        response.headers["WWW-Authenticate"] = exc.challenge
-    if exc.status in (401, 413):
-        response.headers["Connection"] = "close"  # the unread body is not worth draining
-    return response
-
-
-def _retry_after() -> int:
+    """The one JSON shape of every error answer (shared with the publish endpoint)."""
     from flask import current_app
 
-    return current_app.extensions["gateway"].settings.retry_after
+    status, headers, body = http_answer(exc, current_app.extensions["gateway"].settings.retry_after)
+    return Response(body, status, headers=headers)
 
 
 def _http_error(exc: HTTPException) -> Response:

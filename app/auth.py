@@ -155,11 +155,11 @@ class Access:
         self.ops = TokenTable([TokenRule("ops", _digest(ops_token), None)]) if ops_token else None
         self.guarded = OPS_ROUTES + (HEALTH_ROUTES if ops_token_health else ())
 
-    def check_publisher(self) -> TokenRule | None:
-        """Who is publishing (None with auth off); :class:`Unauthorized` without a valid token."""
+    def check_publisher(self, authorization: str | None) -> TokenRule | None:
+        """Who sent this ``Authorization`` header (None with auth off); :class:`Unauthorized` without a valid token."""
         if self.publish_tokens is None:
             return None
-        token = bearer_token(request.headers.get("Authorization"))
+        token = bearer_token(authorization)
         if token is None:
             raise Unauthorized("this route needs an `Authorization: Bearer <token>` header")
         rule = self.publish_tokens.identify(token)

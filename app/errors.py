@@ -32,6 +32,9 @@ make the ZeroMQ reply ``ERR <status> <code>``.
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
+
 
 class GatewayError(Exception):
     """Base of all errors answered to a producer."""
@@ -149,6 +152,29 @@ class ConnectionLost(Unavailable):
 class WorkerLost(Unavailable):
     # Published or not, nobody can tell: like connection_lost, "cannot know".
     code = "worker_lost"
+
+
+def http_answer(exc: GatewayError, retry_after: int) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The HTTP answer to ``exc``: status, headers and the one JSON error body (every route's, alike)."""
+    body = (json.dumps(exc.to_json(), sort_keys=True) + "\n").encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    if isinstance(exc, Unavailable):
+        headers.append(("Retry-After", str(retry_after)))
+    if isinstance(exc, MethodNotAllowed) and exc.allow:
+        headers.append(("Allow", ", ".join(exc.allow)))
+    if isinstance(exc, Unauthorized):
+        headers.append(("WWW-Authenticate", exc.challenge))
+    if exc.status in (401, 413):
+        headers.append(("Connection", "close"))  # the unread body is not worth draining
+    return exc.status, headers, body
+
+
+def status_line(status: int) -> str:
+    """``"503 Service Unavailable"``: the WSGI status line of a status code."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Error"
 
 
 def describe_exception(exc: BaseException) -> str:

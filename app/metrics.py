@@ -10,6 +10,7 @@ config, never from what a client sent.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +34,23 @@ PUBLISH_SECONDS = Histogram(
     ["ingress", "conn_id"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+# The label lookup costs as much as the update (measured ~4 µs each in
+# multi-process mode); the children of the hot path are looked up once.
+# Labels are bounded (configured ids, known outcomes), so is the cache.
+@lru_cache(maxsize=4096)
+def _publish_children(ingress: str, conn_id: str, outcome: str) -> tuple[Counter, Histogram]:
+    return PUBLISHES.labels(ingress, conn_id, outcome), PUBLISH_SECONDS.labels(ingress, conn_id)
+
+
+def publish_done(ingress: str, conn_id: str, outcome: str, seconds: float) -> None:
+    """Count one answered publish and observe its request-to-answer time."""
+    counter, histogram = _publish_children(ingress, conn_id, outcome)
+    counter.inc()
+    histogram.observe(seconds)
+
+
 CONNECTION_EVENTS = Counter(
     "gateway_connection_events_total",
     "AMQP connection events: opened, failed (to open), lost, recycled, closed.",

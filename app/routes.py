@@ -1,4 +1,8 @@
-"""HTTP routes: publish, health, readiness, metrics and the pool view."""
+"""HTTP routes: batch publish, health, readiness, metrics and the pool view.
+
+``POST /publish``, the hot path, is answered before Flask by
+:mod:`app.publish_endpoint`.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,11 @@ import gevent
 from flask import Blueprint, Response, current_app, json, request
 
 from app import logs, metrics
-from app.accesslog import CONN_ID_KEY
 from app.auth import access
 from app.batch import parse_batch
-from app.errors import GatewayError, PayloadTooLarge, UnknownConnection
+from app.errors import GatewayError, UnknownConnection
 from app.gateway import Gateway
-from app.message import parse_body
+from app.publish_endpoint import read_body
 
 bp = Blueprint("gateway", __name__)
 
@@ -25,43 +28,6 @@ def gateway() -> Gateway:
     return current_app.extensions["gateway"]
 
 
-def read_body(limit: int) -> bytes:
-    """The raw request body, whatever its Content-Type; 413 past ``limit`` bytes."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit}")
-    data = request.stream.read(limit + 1)  # bounded even for chunked bodies
-    if len(data) > limit:
-        raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-    return data
-
-
-@bp.post("/publish")
-def publish() -> Response:
-    """Publish ``connection_id|queue|message``; 200 once the broker confirmed it."""
-    gw = gateway()
-    started = time.perf_counter()
-    conn_label = metrics.UNKNOWN_ID
-    try:
-        checks = access()
-        publisher = checks.check_publisher()  # 401 before the body is even read
-        req = parse_body(read_body(gw.settings.max_body_size))
-        if req.conn_id in gw.routes:
-            conn_label = req.conn_id
-            # Only a configured id goes into logs and labels, never what a client made up.
-            logs.bind(conn_id=req.conn_id)
-            request.environ[CONN_ID_KEY] = req.conn_id
-        checks.check_target(publisher, req.conn_id, req.queue)  # 403 before 404: ids stay private
-        gw.publish(req.conn_id, req.queue, req.body)
-    except GatewayError as exc:
-        metrics.PUBLISHES.labels("http", conn_label, exc.code).inc()
-        metrics.PUBLISH_SECONDS.labels("http", conn_label).observe(time.perf_counter() - started)
-        raise
-    metrics.PUBLISHES.labels("http", conn_label, "ok").inc()
-    metrics.PUBLISH_SECONDS.labels("http", conn_label).observe(time.perf_counter() - started)
-    return Response(b'{"status":"ok"}\n', 200, content_type=_JSON)
-
-
 @bp.post("/publish/batch")
 def publish_batch() -> Response:
     """Publish many length-framed messages (format: app/batch.py); one result per message."""
@@ -69,8 +35,8 @@ def publish_batch() -> Response:
     started = time.perf_counter()
     try:
         checks = access()
-        publisher = checks.check_publisher()
-        records = parse_batch(read_body(gw.settings.batch_max_size), gw.settings.batch_max_messages,
+        publisher = checks.check_publisher(request.headers.get("Authorization"))
+        records = parse_batch(read_body(request.environ, gw.settings.batch_max_size), gw.settings.batch_max_messages,
                               gw.settings.max_body_size)
         by_id: dict[str, list[int]] = {}
         for index, record in enumerate(records):
