@@ -29,6 +29,20 @@ def test_bodies_arrive_byte_exact(gw, rabbit):
     assert all(props.delivery_mode == 2 for _, props in received)
 
 
+def test_the_hot_path_owns_its_connections_confirms_and_writes(gw):
+    # app/broker.py leans on internals of the pinned pika (its docstring lists
+    # them): if an upgrade moves them, this fails instead of the gateway quietly
+    # running without its fast path.
+    pool = gw.route("a").pools[0]
+    conn = pool.acquire(2)
+    try:
+        assert conn._plain_transport is not None and conn._plain_transport is conn._conn._transport
+        assert conn._conn._on_data_available.__qualname__.endswith("._take_over_confirms.<locals>.feed")
+        assert conn.publish_batch([("test.no.such.queue.ever", b"x")], 5)[0].code == "unroutable"
+    finally:
+        pool.release(conn)
+
+
 def test_unroutable_is_422_and_not_in_any_queue(gw, rabbit):
     with pytest.raises(Unroutable) as info:
         gw.publish("a", "test.no.such.queue.ever", b"lost?")
@@ -68,3 +82,19 @@ def test_no_broker_answers_503_quickly(start_gateway):
     with pytest.raises(BrokerUnavailable) as info:
         gw.publish("dead", "q", b"x")
     assert info.value.status == 503
+
+
+def test_message_ids_differ_between_workers_forked_after_import():
+    # The gunicorn master imports app.broker before it forks the workers.
+    import os
+
+    from app.broker import process_tag
+
+    parent = process_tag()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, process_tag().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read_end, 64).decode() not in ("", parent)
