@@ -70,6 +70,7 @@ class Route:
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         self._queued: deque[_Slot] = deque()
         self._flushers = 0
+        self._collecting = False
         # As many flushers as the primary and backup can hold connections: when
         # a stalled primary holds its flushers until their confirms time out,
         # publishes after the failover still find flushers for the backup.
@@ -80,26 +81,41 @@ class Route:
 
     # -- group commit --------------------------------------------------------------
     #
-    # Persistent messages are confirmed after the broker's fsync, a few
-    # milliseconds: publishing one message per connection round trip caps a
-    # worker at (connections / fsync time), with the CPU idle. So concurrent
-    # publishes queue up here, and up to ``max_flushers`` flushers each take
-    # everything waiting and publish it as one pipelined batch on one pooled
-    # connection (held by that flusher alone). Alone, a publish still goes out
+    # A round trip to the broker costs far more than a message in it (the
+    # confirm waits for the broker's fsync; each round trip costs the worker
+    # and the broker CPU of its own): publishing one message per round trip
+    # caps a worker at (connections / round trip). So concurrent publishes
+    # queue up here, and up to ``max_flushers`` flushers each take everything
+    # waiting and publish it as one pipelined batch on one pooled connection
+    # (held by that flusher alone). A new flusher starts only when none is
+    # collecting, and it yields once before it takes the queue, so requests
+    # that became ready in the same turn of the hub share its batch instead
+    # of each starting a flusher of its own. Alone, a publish still goes out
     # at once; under load, one round trip confirms many.
 
     def publish(self, queue: str, body: bytes, deadline: float) -> Outcome:
         """Publish one message through the group commit; its outcome."""
         slot = _Slot(queue, body, deadline)
         self._queued.append(slot)
-        if self._flushers < self.max_flushers:
-            self._flushers += 1
-            gevent.spawn(self._flush)
-        try:
-            outcome: Outcome = slot.result.get(timeout=max(deadline - time.monotonic(), 0.0) + 1.0)
-        except gevent.Timeout:
-            # Not answered by its deadline (should not happen): it may still be published.
-            return ConfirmTimeout("no confirm within the publish deadline")
+        if not self._collecting:
+            if self._flushers < self.max_flushers:
+                self._flushers += 1
+                self._collecting = True
+                gevent.spawn(self._flush)
+            else:
+                # Every flusher is busy (a stalled broker holds them until their
+                # confirms time out): wait no longer than this publish's deadline.
+                try:
+                    waited: Outcome = slot.result.get(timeout=max(deadline - time.monotonic(), 0.0) + 1.0)
+                except gevent.Timeout:
+                    if slot in self._queued:
+                        self._queued.remove(slot)  # never taken: not published
+                        return PoolTimeout(f"{self.conn_id}: every publisher busy until the deadline")
+                    return ConfirmTimeout("no confirm within the publish deadline")  # taken: may be published
+                return waited
+        # A flusher answers every slot it takes, and publish_batch ends by the
+        # deadline: no timer per message here (one costs ~10 µs).
+        outcome: Outcome = slot.result.get()
         return outcome
 
     @property
@@ -108,8 +124,11 @@ class Route:
         return bool(self._queued) or self._flushers > 0
 
     def _flush(self) -> None:
+        batch: list[_Slot] = []
         try:
+            gevent.sleep(0)  # the requests ready in this turn of the hub join the batch
             while self._queued:
+                self._collecting = False
                 count = min(len(self._queued), MAX_BATCH)
                 batch = [self._queued.popleft() for _ in range(count)]
                 try:
@@ -120,8 +139,18 @@ class Route:
                     outcomes = [GatewayError("internal error; see the gateway's log")] * len(batch)
                 for slot, outcome in zip(batch, outcomes, strict=True):
                     slot.result.set(outcome)
+                batch = []
         finally:
+            # Killed mid-batch (never expected): its publishes may have gone out.
+            for slot in batch:
+                if not slot.result.ready():
+                    slot.result.set(ConfirmTimeout("publisher stopped before the confirm"))
+            self._collecting = False
             self._flushers -= 1
+            if self._queued and self._flushers < self.max_flushers:
+                self._flushers += 1
+                self._collecting = True
+                gevent.spawn(self._flush)
 
     def start(self) -> None:
         """Start filling every pool."""
@@ -168,7 +197,7 @@ class Route:
                     metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "allowed").inc()
                 try:
                     with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
-                        sent = time.perf_counter()
+                        sent, sent_monotonic = time.perf_counter(), time.monotonic()
                         results = conn.publish_batch(
                             [messages[i] for i in todo],
                             min(self.settings.confirm_timeout, max(deadline - time.monotonic(), 0.001)),
@@ -199,7 +228,7 @@ class Route:
                     log.warning("connection lost under %d publish(es) on %s; retrying", len(retry), pool.name,
                                 extra={"event": "publish_retry", "conn_id": self.conn_id, "role": pool.role})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
-                    pool.health.record_failure("publish not confirmed in time")
+                    pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
                 else:
                     pool.health.record_ok()
                 todo = retry

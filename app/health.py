@@ -10,6 +10,9 @@ States: ``unknown`` (start-up, nothing learned yet), ``up`` and ``down``.
   which come one per health interval: a broker that merely accepts one lucky
   connection does not get the traffic back.
 * A success while up (a confirmed publish) resets the failure count.
+* A failure of something begun before the broker last came up (a publish
+  stuck through the outage, timing out just after the broker rose again) is
+  old news: it does not count against the broker's fresh state.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ class BrokerHealth:
     def is_down(self) -> bool:
         return self.state == DOWN
 
-    def record_failure(self, reason: str) -> None:
-        """A connect, probe or publish failed on this broker."""
+    def record_failure(self, reason: str, began: float | None = None) -> None:
+        """A connect, probe or publish (begun at monotonic time ``began``) failed on this broker."""
+        if began is not None and self.state == UP and began < self.changed_at:
+            return
         self.last_error = reason
         self.successes = 0
         self.failures += 1
