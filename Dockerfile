@@ -6,6 +6,8 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# gunicorn-h1c (gunicorn's C HTTP parser) is built from source: a compiler in this stage only.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml ./
 COPY app ./app
 # The pinned dependencies and the app package, into a venv copied whole below.

@@ -33,6 +33,9 @@ preload_app = False  # each worker builds its own pools after fork
 timeout = 30
 graceful_timeout = 20  # SIGTERM: requests in flight get this long to be answered
 keepalive = 5
+# gunicorn-h1c's C parser (pinned in pyproject.toml) when it is installed, else
+# gunicorn's Python parser: the same requests, ~100 µs less CPU each.
+http_parser = "auto"
 # gunicorn 27's control socket sits at one fixed path per user: two gateways on
 # one host (or a test run beside a dev server) would fight over it.
 control_socket_disable = True
