@@ -37,7 +37,11 @@ def fault_env(tmp_path, two_brokers, vhosts):
     def start(extra: str = "", workers: int = 2) -> GatewayProcess:
         proc = GatewayProcess(tmp_path, TIMINGS + extra + f"\nRMQ_CONN_STR,x,{spec}\n", workers=workers)
         made.append(proc)
-        return proc.start()
+        proc.start()
+        # Every worker on the primary first: a worker still connecting would
+        # send its first publishes to the backup, where the scenario does not look.
+        proc.wait_active("x")
+        return proc
 
     yield start, primary, backup, rp, rb, queue
     for proc in made:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -76,6 +77,18 @@ class GatewayProcess:
                 pass  # not listening yet
             gevent.sleep(0.1)
         raise AssertionError(f"{path} not 200 within {timeout}s:\n{self.logs()[-3000:]}")
+
+    def wait_active(self, conn_id: str, role: str = "primary", timeout: float = 30) -> None:
+        """Wait until every worker publishes ``conn_id`` to ``role`` (/readyz asks only one worker)."""
+        deadline = time.monotonic() + timeout
+        view: dict = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                view = json.loads(request(self.port, "GET", "/pools", timeout=2)[2])
+                if len(view["workers"]) == self.workers and view["connections"][conn_id]["active"] == role:
+                    return
+            gevent.sleep(0.1)
+        raise AssertionError(f"{conn_id} not on {role} in every worker within {timeout}s: {view}")
 
     def worker_pids(self) -> list[int]:
         assert self.proc is not None
