@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS_PER_BROKER = 2  # a lost connection is retried once more on the same broker
 MAX_BATCH = 1000  # messages one flusher publishes in one go
+COLLECT_MAX_WAIT = 0.002  # seconds a new flusher waits at most for the hub to go idle
 
 
 class _Slot:
@@ -88,10 +89,12 @@ class Route:
     # queue up here, and up to ``max_flushers`` flushers each take everything
     # waiting and publish it as one pipelined batch on one pooled connection
     # (held by that flusher alone). A new flusher starts only when none is
-    # collecting, and it yields once before it takes the queue, so requests
-    # that became ready in the same turn of the hub share its batch instead
-    # of each starting a flusher of its own. Alone, a publish still goes out
-    # at once; under load, one round trip confirms many.
+    # collecting, and it waits for the hub to go idle (at most
+    # COLLECT_MAX_WAIT) before it takes the queue, so requests that arrived
+    # together share its batch instead of each starting a flusher of its own
+    # (measured under HTTP load: ~9 messages a batch instead of ~5, and less
+    # CPU in the worker and in the broker). Alone, a publish goes out at once:
+    # an idle hub is idle at once.
 
     def publish(self, queue: str, body: bytes, deadline: float) -> Outcome:
         """Publish one message through the group commit; its outcome."""
@@ -126,7 +129,10 @@ class Route:
     def _flush(self) -> None:
         batch: list[_Slot] = []
         try:
-            gevent.sleep(0)  # the requests ready in this turn of the hub join the batch
+            # Let the hub first handle everything ready now (requests that arrived
+            # together join this batch), bounded for a hub that is never idle.
+            with gevent.Timeout(COLLECT_MAX_WAIT, False):
+                gevent.idle()
             while self._queued:
                 self._collecting = False
                 count = min(len(self._queued), MAX_BATCH)
