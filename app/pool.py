@@ -354,7 +354,11 @@ class ConnectionPool:
                 self._retire(conn, f"idle for {idle_timeout:g}s above the minimum size")
                 continue
             self._in_use += 1  # held by the keepalive: nobody else gets it
-            if now - conn.last_used >= self.settings.keepalive_interval:
+            # A blocked connection is healthy, paused by the broker, which reads
+            # nothing from it until the alarm clears: a probe would time out and
+            # discard it, and the publish that replaced it would wait out a
+            # confirm on a fresh connection instead of being refused at once.
+            if now - conn.last_used >= self.settings.keepalive_interval and not conn.blocked:
                 try:
                     conn.probe(self.settings.connect_timeout)
                 except ConnectionLost as exc:
