@@ -34,13 +34,14 @@ def fault_env(tmp_path, two_brokers, vhosts):
             f"guest:guest@127.0.0.1:{backup.port}/{vhosts['backup'].name}")
     made = []
 
-    def start(extra: str = "", workers: int = 2) -> GatewayProcess:
+    def start(extra: str = "", workers: int = 2, on_primary: bool = True) -> GatewayProcess:
         proc = GatewayProcess(tmp_path, TIMINGS + extra + f"\nRMQ_CONN_STR,x,{spec}\n", workers=workers)
         made.append(proc)
         proc.start()
-        # Every worker on the primary first: a worker still connecting would
-        # send its first publishes to the backup, where the scenario does not look.
-        proc.wait_active("x")
+        if on_primary:
+            # Every worker on the primary first: a worker still connecting would
+            # send its first publishes to the backup, where the scenario does not look.
+            proc.wait_active("x")
         return proc
 
     yield start, primary, backup, rp, rb, queue
@@ -105,7 +106,7 @@ def test_primary_slow(fault_env):
 def test_primary_returns_and_takes_traffic_back(fault_env):
     start, primary, _backup, rp, rb, queue = fault_env
     primary.refuse()
-    gw = start()
+    gw = start(on_primary=False)
     burst = Burst(over_http(gw.port, "x", queue), concurrency=4).start()
     gevent.sleep(1)
     back_at = time.monotonic()
