@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import os
 import ssl
 import time
 from collections import OrderedDict
@@ -50,6 +49,7 @@ from app.errors import (
     Unroutable,
     describe_exception,
 )
+from app.processes import process_token
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,13 @@ Outcome = GatewayError | None
 # Message ids are "<process>.<connection>.<delivery tag>": unique across
 # workers and restarts, cheap to make, and they lead a basic.return back to
 # its pending message without a second index. The process part is drawn in
-# each process: this module is first imported in the gunicorn master, and a
-# tag drawn there would be every worker's.
-_process_tag: tuple[int, str] = (0, "")  # (pid, tag)
+# each worker (app.processes.process_token).
 _connection_seq = itertools.count(1)
 
 
 def process_tag() -> str:
-    """This process's random part of message ids (drawn anew after a fork)."""
-    global _process_tag
-    if _process_tag[0] != os.getpid():
-        _process_tag = (os.getpid(), os.urandom(4).hex())
-    return _process_tag[1]
+    """This process's part of message ids (8 hex digits)."""
+    return process_token()[:8]
 
 
 def connection_parameters(address: BrokerAddress, settings: Settings, name: str) -> pika.ConnectionParameters:

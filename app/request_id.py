@@ -13,29 +13,23 @@ Flask's hooks do it for every route but ``POST /publish``, whose endpoint
 from __future__ import annotations
 
 import itertools
-import os
 import re
 
 from flask import Flask, Response, request
 
 from app import logs
+from app.processes import process_token
 
 HEADER = "X-Request-ID"
 ENVIRON_KEY = "gateway.request_id"
 ENVIRON_HEADER = "HTTP_X_REQUEST_ID"  # the header as WSGI names it
 _VALID = re.compile(r"^[A-Za-z0-9\-_.:/+=]{1,128}$")
-
-
 _counter = itertools.count(1)
-_prefix: tuple[int, str] = (0, "")  # (pid, 16 random hex digits)
 
 
 def new_id() -> str:
-    """A fresh request id: 32 hex digits, this process's random half and a counter (no syscall per id)."""
-    global _prefix
-    if _prefix[0] != os.getpid():  # drawn in each worker, not inherited from the master
-        _prefix = (os.getpid(), os.urandom(8).hex())
-    return f"{_prefix[1]}{next(_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+    """A fresh request id: 32 hex digits, this process's token and a counter (no random draw per id)."""
+    return f"{process_token()}{next(_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def start(environ: dict) -> str:
