@@ -186,6 +186,10 @@ class Route:
         """Publish each message with confirms; one outcome per message, in order."""
         outcomes: list[Outcome] = [None] * len(messages)
         todo = list(range(len(messages)))
+        # Sent, then the connection died before the confirm: the broker may
+        # have them, so their answer stays "cannot know" whatever the retries
+        # that follow run into (a refused reconnect is no news about them).
+        uncertain: dict[int, GatewayError] = {}
         last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
         self.retry_budget.deposit()
         retrying = False
@@ -199,7 +203,7 @@ class Route:
                 if retrying:
                     if not self.retry_budget.allow():
                         metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "denied").inc()
-                        return self._fill(outcomes, todo, last_error)
+                        return self._fill(outcomes, todo, last_error, uncertain)
                     metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "allowed").inc()
                 try:
                     with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
@@ -216,7 +220,7 @@ class Route:
                     if pool.health.is_up:
                         # A busy healthy broker is not a down one: answer 503
                         # rather than scatter its traffic onto the backup.
-                        return self._fill(outcomes, todo, exc)
+                        return self._fill(outcomes, todo, exc, uncertain)
                     break
                 except Unavailable as exc:
                     # Nothing was sent (broker down, blocked): try the next broker.
@@ -226,7 +230,7 @@ class Route:
                 for index, outcome in zip(todo, results, strict=True):
                     if isinstance(outcome, ConnectionLost):
                         retry.append(index)
-                        last_error = outcome
+                        uncertain[index] = last_error = outcome
                     else:
                         outcomes[index] = outcome
                 if retry:
@@ -240,12 +244,13 @@ class Route:
                 todo = retry
             if not todo:
                 break
-        return self._fill(outcomes, todo, last_error)
+        return self._fill(outcomes, todo, last_error, uncertain)
 
     @staticmethod
-    def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError) -> list[Outcome]:
+    def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError,
+              uncertain: dict[int, GatewayError]) -> list[Outcome]:
         for index in todo:
-            outcomes[index] = error
+            outcomes[index] = uncertain.get(index, error)
         return outcomes
 
     def _on_health_change(self, _health: BrokerHealth, _old: str) -> None:

@@ -11,7 +11,7 @@ import time
 import gevent
 import pytest
 
-from app.errors import BrokerUnavailable
+from app.errors import BrokerUnavailable, GatewayError
 from tests.conftest import make_settings, wait_until
 from tests.support.burst import Burst, account, in_process
 
@@ -133,3 +133,22 @@ def test_flapping_primary_needs_rise_probes_before_traffic(start_gateway, two_br
     assert route.active_role == "backup"  # one lucky connect is not enough
     wait_until(lambda: route.active_role == "primary", 30)
     assert time.monotonic() - back >= 2.0  # rise = 3 probes, 1 s apart
+
+
+def test_a_publish_lost_after_sending_stays_cannot_know_when_every_retry_is_refused(start_gateway, two_brokers,
+                                                                                     vhosts):
+    primary, backup, rp, _rb, queue = two_brokers
+    gw = start_gateway(make_settings({"x": _spec(primary, backup, vhosts)}))
+    route = gw.route("x")
+    wait_until(lambda: route.ready and route.active_role == "primary" and all(p.open_count for p in route.pools), 5)
+    primary.mute()  # the broker takes the message; its confirm never comes back
+    backup.refuse()  # and no retry anywhere can send it again
+    job = gevent.spawn(gw.publish, "x", queue, b"maybe")
+    gevent.sleep(0.5)
+    primary.refuse()  # the connection dies under the publish, reconnects are refused
+    job.join(timeout=10)
+    assert job.dead and isinstance(job.exception, GatewayError)
+    primary.restore()
+    assert rp.bodies(queue) == [b"maybe"]  # it is in the primary's queue...
+    # ... so the answer must not say it is not: "cannot know", never broker_unavailable.
+    assert job.exception.code == "connection_lost", job.exception

@@ -57,6 +57,10 @@ class TcpProxy:
     def blackhole(self) -> None:
         self.mode = "blackhole"
 
+    def mute(self) -> None:
+        """Pass what clients send, drop every answer: the broker takes a publish, its confirm never comes."""
+        self.mode = "mute"
+
     def refuse(self) -> None:
         self.mode = "refuse"
         self._server.stop()
@@ -98,7 +102,7 @@ class TcpProxy:
             return
         pair = (client, upstream)
         self.pairs.append(pair)
-        pumps = [gevent.spawn(self._pump, client, upstream), gevent.spawn(self._pump, upstream, client)]
+        pumps = [gevent.spawn(self._pump, client, upstream), gevent.spawn(self._pump, upstream, client, True)]
         gevent.joinall(pumps, count=1)
         gevent.killall(pumps)
         if pair in self.pairs:
@@ -113,13 +117,13 @@ class TcpProxy:
         except OSError:
             pass  # reset by cut() or by the peer
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, answers: bool = False) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     return
-                if self.mode == "blackhole":
+                if self.mode == "blackhole" or (answers and self.mode == "mute"):
                     continue  # dropped on the floor, like a dead network
                 if self.latency:
                     gevent.sleep(self.latency)
