@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
 FRAME_END = 0xCE
-FRAME_OVERHEAD = 8  # type, channel, size, frame-end
 
 _FRAME = struct.Struct(">BHI")
 _BASIC = 60
