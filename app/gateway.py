@@ -102,9 +102,7 @@ class Route:
         self._queued.append(slot)
         if not self._collecting:
             if self._flushers < self.max_flushers:
-                self._flushers += 1
-                self._collecting = True
-                gevent.spawn(self._flush)
+                self._start_flusher()
             else:
                 # Every flusher is busy (a stalled broker holds them until their
                 # confirms time out): wait no longer than this publish's deadline.
@@ -154,9 +152,12 @@ class Route:
             self._collecting = False
             self._flushers -= 1
             if self._queued and self._flushers < self.max_flushers:
-                self._flushers += 1
-                self._collecting = True
-                gevent.spawn(self._flush)
+                self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self._flushers += 1
+        self._collecting = True
+        gevent.spawn(self._flush)
 
     def start(self) -> None:
         """Start filling every pool."""
