@@ -23,7 +23,7 @@ from typing import Any
 DEFAULT_CONFIG_PATH = "config/pool.cfg"
 ENV_PREFIX = "GATEWAY_"
 # GATEWAY_* variables that are not config keys: read by gunicorn.conf.py or here.
-ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR"}
+ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR", "SECRETS_DIR"}
 CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 REDACTED = "***"
 
@@ -566,10 +566,36 @@ def read_text_file(path: str, what: str = "config file") -> str:
 
 
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the file (``GATEWAY_CONFIG`` or the default) and apply ``GATEWAY_*`` overrides."""
-    env = os.environ if environ is None else environ
+    """Read the file (``GATEWAY_CONFIG`` or the default) and apply ``GATEWAY_*`` overrides.
+
+    The overrides are the environment plus, with ``GATEWAY_SECRETS_DIR``, the
+    files in that directory named ``GATEWAY_*`` (a Kubernetes Secret mounted as
+    a volume: secrets stay out of the process environment). A variable set in
+    the environment wins over a file of the same name.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
     path = path or env.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG_PATH
+    secrets_dir = env.get(ENV_PREFIX + "SECRETS_DIR")
+    if secrets_dir:
+        env = {**secret_files(secrets_dir), **env}
     return settings_from_text(read_text_file(path), path, env)
+
+
+def secret_files(directory: str) -> dict[str, str]:
+    """``{name: value}`` for each file named ``GATEWAY_*`` in ``directory`` (one final newline dropped)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secrets directory: {exc.__class__.__name__}",
+                          f"environment {ENV_PREFIX}SECRETS_DIR={directory}") from None
+    found = {}
+    for name in names:
+        file_path = os.path.join(directory, name)
+        # Kubernetes mounts keys as symlinks into a hidden ..data directory: follow them, skip the rest.
+        if name.startswith(ENV_PREFIX) and os.path.isfile(file_path):
+            value = read_text_file(file_path, "secret file")
+            found[name] = value[:-1] if value.endswith("\n") else value
+    return found
 
 
 def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, str] | None = None) -> Settings:
@@ -614,7 +640,9 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
         raise ConfigError(f"POOL_MIN_SIZE ({settings.pool_min_size}) is above the pool size "
                           f"NO_OF_CONNECTIOS ({settings.pool_size})", source)
     if not settings.use_db and not settings.connections:
-        raise ConfigError("no RMQ_CONN_STR line and USE_DB is false: nothing to publish to", source)
+        raise ConfigError("no connection id configured and USE_DB is false: nothing to publish to (add "
+                          "RMQ_CONN_STR,<id>,<primary>[,<backup>] lines, or set "
+                          "GATEWAY_RMQ_CONN_STR_<id>=<primary>[,<backup>] in the environment)", source)
     check_connection_count(len(settings.connections), settings.max_connection_ids, source)
     if settings.zmq_curve_server_key and not (settings.zmq_curve_client_keys_dir or settings.zmq_curve_client_keys):
         # CURVE with nobody allowed would refuse every producer; say so at start-up.

@@ -179,3 +179,28 @@ def test_describe_redacts_every_secret():
 def test_shipped_config_is_valid():
     s = load_settings("config/pool.cfg", environ={})
     assert s.connections and s.connection("local") is not None
+
+
+def test_secrets_directory_supplies_variables_and_the_environment_wins(tmp_path):
+    """GATEWAY_SECRETS_DIR: a Kubernetes Secret mounted as files, read like GATEWAY_* variables."""
+    secrets = tmp_path / "secret"
+    (secrets / "..data").mkdir(parents=True)
+    # As the kubelet mounts it: each key a symlink into ..data, whose files hold the values.
+    (secrets / "..data" / "GATEWAY_RMQ_CONN_STR_main").write_text("amqp://u:from-file@h:5672/%2F\n")
+    (secrets / "GATEWAY_RMQ_CONN_STR_main").symlink_to("..data/GATEWAY_RMQ_CONN_STR_main")
+    (secrets / "GATEWAY_DB_PASSWORD").write_text("db-from-file")
+    (secrets / "tokens").write_text("not a variable")  # other keys of the Secret are left alone
+    cfg = tmp_path / "pool.cfg"
+    cfg.write_text("NO_OF_CONNECTIOS,2\n")
+    env = {"GATEWAY_SECRETS_DIR": str(secrets), "GATEWAY_DB_PASSWORD": "db-from-env"}
+    settings = load_settings(str(cfg), env)
+    assert settings.connection("main").primary[0].password == "from-file"  # final newline dropped
+    assert settings.db_password == "db-from-env"
+
+
+def test_missing_secrets_directory_is_one_line(tmp_path):
+    cfg = tmp_path / "pool.cfg"
+    cfg.write_text("RMQ_CONN_STR,a,u:p@h:5672/\n")
+    with pytest.raises(ConfigError, match="cannot read the secrets directory") as info:
+        load_settings(str(cfg), {"GATEWAY_SECRETS_DIR": str(tmp_path / "absent")})
+    assert "\n" not in str(info.value)

@@ -1,17 +1,25 @@
 """deploy/ and the Dockerfile: valid Kubernetes objects that match the app they run.
 
-Offline: every manifest is validated against the Kubernetes JSON schemas that
-ship with ``kubernetes-validate`` (strict: an unknown or misspelt field
-fails), then checked against the app itself: probe paths are its routes,
-ports are the ones it binds, the config path is where the ConfigMap is
-mounted and the file there parses, the grace period outlasts gunicorn's
-graceful timeout.
+Offline. The base and the production overlay are rendered as ``kubectl apply -k``
+renders them (``kubectl kustomize``, from the tools venv), every object is
+validated against the Kubernetes JSON schemas that ship with
+``kubernetes-validate`` (strict: an unknown or misspelt field fails) and
+reviewed by checkov, whose findings must be exactly the ones docs/deploy.md
+lists with their reasons. Then the manifests are checked against the app
+itself: probe paths are its routes, ports are the ones it binds, the config
+path is where the ConfigMap is mounted and the file there parses with the
+Secret's files, the grace period outlasts gunicorn's graceful timeout.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import runpy
+import shutil
+import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +29,35 @@ import yaml
 
 from app import create_app
 from app.auth import parse_tokens
-from app.config import settings_from_text
+from app.config import load_settings, settings_from_text
 from tests.support.server import REPO
 
 BASE = REPO / "deploy" / "base"
+TARGETS = {"base": BASE, "production": REPO / "deploy" / "overlays" / "production"}
 K8S_VERSION = kubernetes_validate.utils.latest_version()
+TOOLS = REPO / ".venv" / "tools" / "bin"  # make's tools venv: kubectl and checkov, locked
 
 
-def _documents() -> list[tuple[str, dict[str, Any]]]:
-    docs = []
-    for path in sorted(BASE.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                docs.append((path.name, doc))
-    return docs
+def _tool(name: str) -> str:
+    found = os.environ.get(name.upper()) or (str(TOOLS / name) if (TOOLS / name).exists() else shutil.which(name))
+    assert found, f"{name} not found: run the tests through make (it installs requirements/tools.txt)"
+    return found
 
 
-def _one(kind: str) -> dict[str, Any]:
-    found = [doc for _, doc in _documents() if doc["kind"] == kind]
+@cache
+def _rendered(target: str) -> str:
+    done = subprocess.run([_tool("kubectl"), "kustomize", str(TARGETS[target])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _documents(target: str = "base") -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(_rendered(target)) if doc]
+
+
+def _one(kind: str, target: str = "base") -> dict[str, Any]:
+    found = [doc for doc in _documents(target) if doc["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
@@ -61,9 +78,10 @@ def gunicorn_conf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = saved
 
 
-@pytest.mark.parametrize("name, doc", _documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
-def test_every_manifest_is_valid_against_the_kubernetes_schema(name, doc):
-    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_rendered_object_is_valid_against_the_kubernetes_schema(target):
+    for doc in _documents(target):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
 def test_kustomization_lists_every_manifest():
@@ -71,15 +89,67 @@ def test_kustomization_lists_every_manifest():
     assert kustomization["kind"] == "Kustomization"
     assert sorted(kustomization["resources"]) == sorted(p.name for p in BASE.glob("*.yaml")
                                                         if p.name != "kustomization.yaml")
-    kinds = {doc["kind"] for _, doc in _documents()}
-    assert kinds == {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
-                     "HorizontalPodAutoscaler"}
-    image = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image in {entry["name"] for entry in kustomization["images"]}
+    kinds = {doc["kind"] for doc in _documents()}
+    assert kinds == {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
+                     "HorizontalPodAutoscaler", "NetworkPolicy"}
+    namespace = _one("Namespace")["metadata"]["name"]
+    assert all(doc["metadata"].get("namespace") == namespace for doc in _documents() if doc["kind"] != "Namespace")
+    assert _one("Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert _container()["image"] == "amqp-gateway:0.1.0"
 
 
-def _container() -> dict[str, Any]:
-    return _one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+def test_production_overlay_pins_the_image_by_digest_and_brings_no_secret_template():
+    image = _container("production")["image"]
+    assert re.fullmatch(r"[\w.\-/]+@sha256:[0-9a-f]{64}", image), image
+    assert "Secret" not in {doc["kind"] for doc in _documents("production")}
+
+
+def test_the_hpa_alone_owns_the_scale():
+    # A replicas field would reset the HPA's scale on every kubectl apply.
+    assert "replicas" not in _one("Deployment")["spec"]
+    assert _one("HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+
+
+def test_network_policy_admits_only_the_service_ports_and_the_backends():
+    policy = _one("NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= _pod_labels().items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {port["name"] for port in _container()["ports"]}
+    for target in TARGETS:
+        egress = _one("NetworkPolicy", target)["spec"]["egress"]
+        assert {p["port"] for rule in egress for p in rule["ports"]} == {5671, 5672, 5432, 53}
+
+
+def _accepted_findings() -> set[tuple[str, str]]:
+    """(check id, target) pairs that docs/deploy.md's "Policy findings left" table accepts."""
+    text = (REPO / "docs" / "deploy.md").read_text()
+    section = text.split("### Policy findings left", 1)[1].split("\n#", 1)[0]
+    return {(check, target.strip("` "))
+            for check, targets in re.findall(r"^\| `(CKV2?_K8S_\d+)` \| ([^|]+) \|", section, re.M)
+            for target in targets.split(",")}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_checkov_finds_only_what_docs_deploy_md_accepts(target, tmp_path):
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(_rendered(target))
+    done = subprocess.run([_tool("checkov"), "--quiet", "--skip-download", "--framework", "kubernetes",
+                           "--output", "json", "-f", str(rendered)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "LOG_LEVEL": "ERROR"})
+    report = json.loads(done.stdout)
+    failed = {(check["check_id"], target) for check in report["results"]["failed_checks"]}
+    accepted = {pair for pair in _accepted_findings() if pair[1] == target}
+    assert report["summary"]["passed"] > 50, report["summary"]  # it really reviewed the objects
+    assert failed == accepted, f"new findings: {failed - accepted}; listed but gone: {accepted - failed}"
+
+
+def _container(target: str = "base") -> dict[str, Any]:
+    return _one("Deployment", target)["spec"]["template"]["spec"]["containers"][0]
+
+
+def _pod_labels() -> dict[str, str]:
+    return _one("Deployment")["spec"]["template"]["metadata"]["labels"]
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +186,7 @@ def _secret_env() -> dict[str, str]:
     return {key: value for key, value in secret.items() if key.startswith("GATEWAY_")}
 
 
-def test_config_map_is_mounted_where_the_app_reads_it_and_parses():
+def test_config_map_is_mounted_where_the_app_reads_it_and_parses(tmp_path):
     container = _container()
     pod = _one("Deployment")["spec"]["template"]["spec"]
     config_path = Path(_env(container)["GATEWAY_CONFIG"])
@@ -125,8 +195,13 @@ def test_config_map_is_mounted_where_the_app_reads_it_and_parses():
     config_map = _one("ConfigMap")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     text = config_map["data"][config_path.name]
-    # What the pod will see: the file plus the Secret's GATEWAY_* variables.
-    settings = settings_from_text(text, str(config_path), _secret_env())
+    # What the pod will see: the file plus the Secret's keys as files in GATEWAY_SECRETS_DIR.
+    (tmp_path / config_path.name).write_text(text)
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    for key, value in _one("Secret")["stringData"].items():
+        (secret_dir / key).write_text(value)
+    settings = load_settings(str(tmp_path / config_path.name), {"GATEWAY_SECRETS_DIR": str(secret_dir)})
     assert settings.connections and settings.connections[0].primary[0].tls
     assert "CHANGE-ME" not in text  # no password in the ConfigMap
     # ZeroMQ listens on the container's "zmq" port.
@@ -134,22 +209,23 @@ def test_config_map_is_mounted_where_the_app_reads_it_and_parses():
     assert zmq_port == {p["name"]: p["containerPort"] for p in container["ports"]}["zmq"]
     # Files the config names (tokens, CA) are in the mounted Secret.
     secret_mount = next(m for m in container["volumeMounts"] if m["name"] == "secret-files")
-    items = {item["path"]: item["key"]
-             for item in next(v for v in pod["volumes"] if v["name"] == "secret-files")["secret"]["items"]}
     secret = _one("Secret")["stringData"]
     for path in (settings.auth_tokens_file, settings.connections[0].primary[0].cacertfile):
         assert path.startswith(secret_mount["mountPath"] + "/")
-        assert items[path.rpartition("/")[2]] in secret
+        assert path.rpartition("/")[2] in secret
     assert parse_tokens(secret["tokens"], "tokens") == []  # the template holds no usable token
 
 
-def test_every_secret_reference_exists():
-    secret = _one("Secret")
-    for value in _env(_container()).values():
-        if isinstance(value, dict) and "secretKeyRef" in value:
-            ref = value["secretKeyRef"]
-            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
-    assert all("CHANGE-ME" in value for value in _secret_env().values())  # a template, not real secrets
+def test_secrets_are_files_not_environment_variables():
+    container = _container()
+    pod = _one("Deployment")["spec"]["template"]["spec"]
+    assert not any(isinstance(value, dict) for value in _env(container).values())  # no secretKeyRef
+    secret_mount = next(m for m in container["volumeMounts"] if m["name"] == "secret-files")
+    assert _env(container)["GATEWAY_SECRETS_DIR"] == secret_mount["mountPath"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "secret-files")["secret"]
+    assert volume["secretName"] == _one("Secret")["metadata"]["name"]
+    assert "items" not in volume  # every key is a file, the GATEWAY_* ones included
+    assert _secret_env() and all("CHANGE-ME" in value for value in _secret_env().values())  # a template
 
 
 def test_shutdown_outlasts_gunicorns_graceful_timeout(gunicorn_conf):
@@ -180,7 +256,9 @@ def test_runs_non_root_on_a_read_only_root_filesystem():
 
 def test_dockerfile_matches_the_manifests():
     text = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.\d+-slim\b", text, re.M)
+    # The base is a build argument (a stand-in in make image-test); users get python:3.x-slim.
+    assert re.search(r"^ARG BASE=python:3\.\d+-slim$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE}", "${BASE}"]
     user = re.search(r"^USER (\d+)(?::(\d+))?$", text, re.M)
     assert user and int(user.group(1)) == _one("Deployment")["spec"]["template"]["spec"]["securityContext"][
         "runAsUser"]

@@ -43,7 +43,10 @@ def publish(port: int, body: bytes, timeout: float = 30) -> tuple[int, dict]:
 class GatewayProcess:
     """gunicorn with the gateway, on a free port, its log kept in ``log_path``."""
 
-    def __init__(self, tmp_path: Path, cfg_text: str, workers: int = 2, env: dict[str, str] | None = None):
+    def __init__(self, tmp_path: Path, cfg_text: str, workers: int = 2, env: dict[str, str] | None = None,
+                 python: str = sys.executable, cwd: Path = REPO):
+        self.python = python  # another venv's interpreter runs the gateway as installed there
+        self.cwd = cwd  # where gunicorn.conf.py is
         self.port = free_port()
         self.cfg = tmp_path / "pool.cfg"
         self.cfg.write_text(cfg_text)
@@ -55,9 +58,9 @@ class GatewayProcess:
     def start(self, wait_ready: bool = True, timeout: float = 30) -> GatewayProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the process's lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+            [self.python, "-m", "gunicorn", "-c", "gunicorn.conf.py",
              "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)],
-            cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self.wait_for("/healthz", timeout)
         if wait_ready:
