@@ -55,6 +55,10 @@ test: venv services $(TOOLS)/.installed  ## Run the whole test suite against the
 image-test: venv services  ## Build the Dockerfile and run the image as the Deployment does (starts dockerd if needed)
 	$(PY) -m pytest -m image tests/image $(PYTEST_ARGS)
 
+cluster-test: venv services  ## Fault scenarios and a rolling restart against a RabbitMQ cluster of its own (5801-5803)
+	scripts/ensure-services.sh haproxy
+	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
+
 check-deploy: $(TOOLS)/.installed  ## Render deploy/ (base and overlays) and run checkov on them, offline
 	$(PY) -m pytest tests/test_deploy.py $(PYTEST_ARGS)
 
@@ -70,4 +74,4 @@ lint: venv  ## ruff and mypy
 clean:  ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv lock services run schema test image-test check-deploy bench lint clean
+.PHONY: help venv lock services run schema test image-test cluster-test check-deploy bench lint clean

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure RabbitMQ (and, with "postgres", PostgreSQL) answer on loopback.
+# Make sure RabbitMQ (and, with "postgres", PostgreSQL) answer on loopback; "haproxy" installs HAProxy.
 # Missing on Debian as root: install from the distribution and start them.
 # Elsewhere: say exactly what to start, and fail.
 #   scripts/ensure-services.sh rabbitmq postgres
@@ -130,11 +130,22 @@ ensure_postgres() {
     fi
 }
 
+ensure_haproxy() {  # installed only: the cluster tests run HAProxy processes of their own
+    command -v haproxy >/dev/null 2>&1 && return 0
+    if can_install; then
+        apt_install haproxy
+    else
+        say "HAProxy is missing and I cannot install it here (apt-get install haproxy)."
+        return 1
+    fi
+}
+
 [ $# -gt 0 ] || set -- rabbitmq
 for service in "$@"; do
     case "$service" in
         rabbitmq) ensure_rabbitmq ;;
         postgres) ensure_postgres ;;
+        haproxy) ensure_haproxy ;;
         *) say "unknown service $service"; exit 2 ;;
     esac
 done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,32 @@ def over_http(port: int, conn_id: str, queue: str, timeout: float = 30) -> Publi
         except OSError as exc:
             return f"io:{type(exc).__name__}"
         return None if status == 200 else answer.get("error", str(status))
+
+    return publish
+
+
+def over_zmq(address: str, conn_id: str, queue: str, timeout: float = 30, tag: bytes = b"") -> PublishFn:
+    """Publish over the gateway's ZeroMQ socket: a DEALER per publishing greenlet, one message at a time.
+
+    ``tag`` goes before each body, to tell this publisher's messages from another's in one queue.
+    """
+    from gevent.local import local
+
+    from tests.support.producer import Producer
+
+    prefix = f"{conn_id}|{queue}|".encode() + tag
+    mine = local()
+
+    def publish(body: bytes) -> str | None:
+        if not hasattr(mine, "producer"):
+            mine.producer = Producer(address)
+        reply = mine.producer.ask(body, prefix + body, timeout=timeout)  # [correlation id, answer]
+        if reply is None:
+            mine.producer.close()  # a late reply must not be read as the next message's
+            del mine.producer
+            return "io:timeout"
+        answer = reply[-1].decode()
+        return None if answer == "OK" else answer.split(" ")[-1]
 
     return publish
 
@@ -83,6 +110,18 @@ class Burst:
         self._stop = True
         gevent.joinall(self._greenlets, timeout=timeout)
         assert all(g.dead for g in self._greenlets), "a publisher hung"
+
+    def longest_gap(self) -> float:
+        """The longest time without a 200, from the start to the last answer."""
+        answered = [t for t, _ in self.errors.values()] + list(self.ok.values())
+        moments = [self.started, *sorted(self.ok.values()), max(answered, default=self.started)]
+        return max(b - a for a, b in itertools.pairwise(moments))
+
+    def refused_codes(self) -> dict[str, int]:
+        codes: dict[str, int] = {}
+        for _, code in self.errors.values():
+            codes[code] = codes.get(code, 0) + 1
+        return dict(sorted(codes.items()))
 
     def first_ok_after(self, moment: float, seqs: set[int] | None = None) -> float | None:
         """Seconds from ``moment`` to the first OK after it (among ``seqs``), or None."""
