@@ -383,6 +383,9 @@ OPTIONS: tuple[Option, ...] = (
            "How a role with several servers (`a;b;c`) spreads its connections: round_robin or random."),
     Option("SERVER_QUARANTINE", "server_quarantine", "5", _number(float, 0.0, 3600.0),
            "Seconds a server that failed to connect is skipped before it is tried (probed) again."),
+    Option("REBALANCE_INTERVAL", "rebalance_interval", "10", _number(float, 0.0, 3600.0),
+           "Seconds between steps that move one idle connection from the role's busiest server to one "
+           "with at least two fewer (a server back after a failure gets its share again); 0: off."),
     Option("RETRY_BUDGET_RATIO", "retry_budget_ratio", "0.2", _number(float, 0.0, 10.0),
            "Retries allowed per publish attempt on average (one attempt sends one message or one batch, "
            "and one retry resends one); a flapping broker cannot multiply the load."),
@@ -457,6 +460,7 @@ class Settings:
     pool_idle_timeout: float = 300.0
     server_selection: str = "round_robin"
     server_quarantine: float = 5.0
+    rebalance_interval: float = 10.0
     retry_budget_ratio: float = 0.2
     retry_budget_min: float = 10.0
     max_body_size: int = 1048576

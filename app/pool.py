@@ -38,7 +38,7 @@ from gevent.event import AsyncResult, Event
 
 from app import metrics
 from app.broker import BrokerConnection
-from app.config import Servers, Settings
+from app.config import BrokerAddress, Servers, Settings
 from app.errors import BrokerBlocked, BrokerUnavailable, ConnectionLost, GatewayError, PoolTimeout
 from app.health import BrokerHealth
 from app.servers import ServerSet
@@ -67,6 +67,7 @@ class ConnectionPool:
         self._waiters: deque[AsyncResult] = deque()
         self._waiting_since: dict[AsyncResult, float] = {}  # for the longest-wait gauge
         self._expiry: dict[BrokerConnection, float] = {}
+        self._members: set[BrokerConnection] = set()  # every pooled connection open, idle or lent
         self._in_use = 0
         self._connecting = 0
         self._opened = 0
@@ -104,6 +105,7 @@ class ConnectionPool:
             closing.append(gevent.spawn(self._checker.close, timeout))
             self._checker = None
         self._idle.clear()
+        self._members.clear()
         gevent.joinall(closing, timeout=timeout + 0.5)
         self._update_gauges()
 
@@ -216,6 +218,7 @@ class ConnectionPool:
 
     def _discard(self, conn: BrokerConnection, reason: str) -> None:
         self._expiry.pop(conn, None)
+        self._members.discard(conn)
         self._blocked.discard(conn)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
         log.info("discarding connection %s: %s", conn.name, reason,
@@ -225,6 +228,7 @@ class ConnectionPool:
 
     def _retire(self, conn: BrokerConnection, reason: str) -> None:
         self._expiry.pop(conn, None)
+        self._members.discard(conn)
         self._blocked.discard(conn)
         conn.suspect = True  # keep it out of use while it closes
         metrics.CONNECTION_EVENTS.labels(*self._labels, "recycled").inc()
@@ -235,9 +239,9 @@ class ConnectionPool:
 
     # -- opening -----------------------------------------------------------------
 
-    def _open(self, timeout: float | None = None) -> BrokerConnection | None:
-        """Open one connection to the next server; None (failure recorded) if it fails."""
-        server = self.servers.pick()
+    def _open(self, timeout: float | None = None, server: BrokerAddress | None = None) -> BrokerConnection | None:
+        """Open one connection to ``server`` or the next one; None (failure recorded) if it fails."""
+        server = server or self.servers.pick()
         self._opened += 1
         self._connecting += 1
         self._update_gauges()
@@ -258,6 +262,7 @@ class ConnectionPool:
             self._connecting -= 1
             self._update_gauges()
         self.servers.recovered(server)
+        self._members.add(conn)
         conn.on_lost = self._on_connection_lost
         conn.on_blocked = self._on_connection_blocked
         conn.log_fields = {"conn_id": self.conn_id, "role": self.role}
@@ -292,6 +297,7 @@ class ConnectionPool:
         # A lost connection is not by itself a failed check: a broker cut
         # fails the filler's reconnects at once, a blip does not.
         self._blocked.discard(conn)
+        self._members.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
             self._expiry.pop(conn, None)
@@ -312,6 +318,8 @@ class ConnectionPool:
         interval = self.settings.health_interval
         next_check = time.monotonic() + interval
         next_sweep = time.monotonic() + self.settings.keepalive_interval
+        rebalance_every = self.settings.rebalance_interval if len(self.servers.servers) > 1 else 0.0
+        next_rebalance = time.monotonic() + rebalance_every
         while not self._closed:
             # A steady cadence: a check that timed out is followed by the next at once.
             gevent.sleep(max(next_check - time.monotonic(), 0))
@@ -320,6 +328,9 @@ class ConnectionPool:
             if time.monotonic() >= next_sweep:
                 self._sweep_idle()
                 next_sweep = time.monotonic() + self.settings.keepalive_interval
+            if rebalance_every and time.monotonic() >= next_rebalance:
+                self._rebalance_step()
+                next_rebalance = time.monotonic() + rebalance_every
 
     def _probe_health(self, timeout: float) -> None:
         # Health has a connection of its own, outside the pool: a pool whose
@@ -364,6 +375,43 @@ class ConnectionPool:
                 except ConnectionLost as exc:
                     self.health.record_failure(f"keepalive failed: {exc.detail}")
             self._give_back_cold(conn)
+        self._update_gauges()
+
+    def connections_per_server(self) -> dict[BrokerAddress, int]:
+        """Pooled connections open on each server of the role."""
+        counts = dict.fromkeys(self.servers.servers, 0)
+        for conn in self._members:
+            counts[conn.address] = counts.get(conn.address, 0) + 1
+        return counts
+
+    def _rebalance_step(self) -> None:
+        """Move one idle connection from the busiest server to one with two fewer, if any.
+
+        Connections move only when opened or recycled, so after a server of the
+        role comes back (a node revived, a cluster restarted in turn) it would
+        otherwise stay empty for up to CONNECTION_MAX_AGE. The new connection
+        opens first and the old one closes idle, so no publish is dropped; one
+        step per interval keeps the move gradual. A server that still refuses
+        is quarantined by the attempt, as any failed connect is.
+        """
+        if self._closed or not self.health.is_up:
+            return
+        counts = self.connections_per_server()
+        busiest = max(counts, key=lambda server: counts[server])
+        targets = [server for server in self.servers.available() if counts[server] <= counts[busiest] - 2]
+        if not targets or not any(conn.address == busiest for conn in self._idle):
+            return
+        target = min(targets, key=lambda server: counts[server])
+        conn = self._open(server=target)
+        if conn is None:
+            return
+        victim = next((idle for idle in self._idle if idle.address == busiest), None)
+        self._put(conn)
+        if victim is not None:
+            self._idle.remove(victim)
+            self._retire(victim, f"rebalanced to {target.display}")
+        log.info("moved a connection of %s from %s to %s", self.name, busiest.display, target.display,
+                 extra={"event": "connection_rebalanced", "conn_id": self.conn_id, "role": self.role})
         self._update_gauges()
 
     def _give_back_cold(self, conn: BrokerConnection) -> None:
@@ -428,5 +476,5 @@ class ConnectionPool:
             "last_error": self.health.last_error,
         }
         if len(self.servers.servers) > 1:
-            view["servers"] = self.servers.snapshot()
+            view["servers"] = self.servers.snapshot(self.connections_per_server())
         return view

@@ -1,7 +1,9 @@
 """The servers of one broker role: which to connect to next, which are quarantined.
 
 A role (primary or backup) may list several servers (``a;b;c``); its pool
-spreads new connections over them, round-robin or at random. A server that
+spreads new connections over them, round-robin (each pool from a server of its
+own) or at random, and the pool moves connections back to a server that
+returns (``REBALANCE_INTERVAL``). A server that
 fails to connect is quarantined for ``SERVER_QUARANTINE`` seconds: skipped
 while others are available, then tried again. That next try is a full
 connection (TCP, AMQP handshake, confirm-mode channel): the server takes
@@ -26,7 +28,9 @@ class ServerSet:
         self.servers = servers
         self.selection = selection
         self.quarantine = quarantine
-        self._next = 0
+        # Each pool (each worker, each role) starts its round at a server of its own: otherwise
+        # every worker's first connections, health checks included, land on the first server.
+        self._next = random.randrange(len(servers))
         self._until: dict[int, float] = {}  # server index -> end of quarantine
 
     def pick(self) -> BrokerAddress:
@@ -51,6 +55,11 @@ class ServerSet:
         """A connection to the server opened: lift its quarantine."""
         self._until.pop(self.servers.index(server), None)
 
+    def available(self) -> list[BrokerAddress]:
+        """The servers not in quarantine."""
+        now = time.monotonic()
+        return [server for i, server in enumerate(self.servers) if self._until.get(i, 0.0) <= now]
+
     def all_quarantined(self) -> bool:
         """True when no server of the role is free to try."""
         now = time.monotonic()
@@ -61,10 +70,11 @@ class ServerSet:
         """The role's servers, safe to log."""
         return ";".join(server.display for server in self.servers)
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Each server with its remaining quarantine, for /readyz."""
+    def snapshot(self, connections: dict[BrokerAddress, int]) -> list[dict[str, Any]]:
+        """Each server with its pooled connections and remaining quarantine, for /readyz."""
         now = time.monotonic()
         return [
-            {"server": server.display, "quarantined_for": round(max(self._until.get(i, 0.0) - now, 0.0), 1)}
+            {"server": server.display, "connections": connections.get(server, 0),
+             "quarantined_for": round(max(self._until.get(i, 0.0) - now, 0.0), 1)}
             for i, server in enumerate(self.servers)
         ]

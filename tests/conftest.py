@@ -158,3 +158,5 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if report.ROWS:
         terminalreporter.write_sep("=", "fault injection summary")
         terminalreporter.write_line(report.markdown())
+    for line in report.NOTES:
+        terminalreporter.write_line(line)

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.integration]
 def gateway(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     zmq_address = f"tcp://127.0.0.1:{free_port()}"
     gw = GatewayProcess(tmp_path_factory.mktemp("cluster-gw"),
-                        TIMINGS + f"NO_OF_CONNECTIOS,3\nZMQ_SOCK_ADDRESS,{zmq_address}\n"
+                        TIMINGS + f"NO_OF_CONNECTIOS,3\nREBALANCE_INTERVAL,2\nZMQ_SOCK_ADDRESS,{zmq_address}\n"
                         f"{cluster_conn_line(cluster)}\n", workers=2)
     gw.zmq_address = zmq_address  # type: ignore[attr-defined]
     gw.start(timeout=60)
@@ -168,3 +168,19 @@ def test_whole_cluster_down_then_up(cluster, gateway, queue):
     burst.stop()
     counts = finish("cluster: every node kill -9, then all started", burst, cluster, queue)
     assert counts["acknowledged"] > 0, counts
+
+
+def test_connections_return_to_every_node_after_the_restarts(cluster, gateway):
+    """After the kills and the whole-cluster restart, every node gets its share back (REBALANCE_INTERVAL)."""
+    cluster.wait_all_running()
+    started = time.monotonic()
+    per_node: dict[int, int] = {}
+    while time.monotonic() - started < 60:
+        per_node = cluster.connections_per_node()
+        # 2 workers x 3 pooled connections over 3 nodes: 2 each once balanced (health checks come on top).
+        if min(per_node.values()) >= 2:
+            break
+        gevent.sleep(1)
+    report.note(f"cluster: connections per node {per_node}, balanced {time.monotonic() - started:.0f} s "
+                "after the last scenario's restart")
+    assert min(per_node.values()) >= 2, per_node

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 ROWS: list[dict[str, object]] = []
+NOTES: list[str] = []  # one-line findings printed under the table
 COLUMNS = ("scenario", "sent", "acknowledged", "found", "lost", "duplicated", "refused", "recovery")
 # Shown when a scenario gives them (the cluster suite): the refusals by code, the longest gap without a 200.
 EXTRA_COLUMNS = ("refused codes", "longest gap")
@@ -18,6 +19,10 @@ def record(scenario: str, counts: dict[str, int], refused: int, recovery: float 
     if gap is not None:
         row["longest gap"] = f"{gap:.2f} s"
     ROWS.append(row)
+
+
+def note(text: str) -> None:
+    NOTES.append(text)
 
 
 def markdown() -> str:
