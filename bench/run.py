@@ -5,7 +5,11 @@ queue of the local RabbitMQ. Ratios compare figures taken in the same run on
 the same machine, never against a stored number:
 
 1. gateway ``POST /publish`` under wrk (32 connections): requests/s, p50, p99;
-2. RabbitMQ's management HTTP publish endpoint under the same load;
+2. the peers a user would weigh it against, under the same load and with the
+   same guarantee (answered after RabbitMQ's confirm, persistent): mq-bridge's
+   HTTP -> AMQP route (``bench/mq_bridge_peer.py``, Rust) and Flask + kombu's
+   ProducerPool under the same gunicorn (``bench/kombu_app.py``); and RabbitMQ's
+   management HTTP publish endpoint;
 3. a new pika connection per message (two processes);
 4. a no-op route of the same gunicorn + gevent + Flask stack (the ceiling),
    and the same no-op as plain WSGI (the floor of gunicorn + gevent alone);
@@ -18,8 +22,8 @@ The HTTP figures (1, 2, 4) come from ``BENCH_ROUNDS`` (3) interleaved rounds:
 each round runs every contender once, one after the other, and each figure is
 the median of its rounds, so a shared machine's slow spell falls on all of
 them rather than on one. After each gateway run (the rounds and the scaling
-runs) the queue is counted against the 200s; the run exits non-zero if one is
-missing.
+runs) and each peer's run the queue is counted against the 2xx answers; the run
+exits non-zero if one is missing.
 
 Results: a table on stdout, ``bench/results/latest.json`` (and a dated copy),
 and ``bench/results/latest.png``.
@@ -193,16 +197,43 @@ def wrk(url: str, body: str, headers: dict[str, str] | None = None, seconds: flo
     }
 
 
-def gateway_run(server: Server, seconds: float = SECONDS) -> dict[str, Any]:
-    """One wrk run of POST /publish on a running gateway; every 200 counted in the queue."""
+def counted_run(url: str, body: str, seconds: float = SECONDS) -> dict[str, Any]:
+    """One wrk run against an empty queue; then every 2xx answer must be in the queue."""
     reset_queue()
-    result = wrk(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds=seconds)
+    result = wrk(url, body, seconds=seconds)
     result["in_queue"] = queue_count()
-    # Every 200 must be in the queue (wrk may not count the last answers in flight).
+    # wrk may not count the last answers in flight, so the queue may hold more, never fewer.
     result["counted"] = result["in_queue"] >= result["requests"] - result["non_2xx"]
     if not result["counted"]:
-        log(f"LOST MESSAGES: {result}")
+        log(f"LOST MESSAGES: {url}: {result}")
     return result
+
+
+def gateway_run(server: Server, seconds: float = SECONDS) -> dict[str, Any]:
+    """One wrk run of POST /publish on a running gateway; every 200 counted in the queue."""
+    return counted_run(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds)
+
+
+class MqBridge:
+    """mq-bridge's HTTP -> AMQP route in a process of its own, on a free port."""
+
+    def __enter__(self) -> MqBridge:
+        self.port = free_port()
+        self.proc = subprocess.Popen([PYTHON, str(REPO / "bench" / "mq_bridge_peer.py"), str(self.port), QUEUE],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mq-bridge did not start: {self.proc.stderr.read()[-2000:]!r}")  # type: ignore[union-attr]
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def bench_gateway(workers: int = 2, pool: int = 5, seconds: float = SECONDS) -> dict[str, Any]:
@@ -248,12 +279,16 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def bench_http_rounds() -> dict[str, dict[str, Any]]:
-    """The gateway, the management API and both no-op routes, in interleaved rounds."""
-    runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "management": [], "noop": [], "noop_bare": []}
+    """The gateway, its peers, the management API and both no-op routes, in interleaved rounds."""
+    runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "mq_bridge": [], "kombu": [], "management": [],
+                                             "noop": [], "noop_bare": []}
     with Server(gateway_cfg(), 2) as gateway, Server(gateway_cfg(), 2, app="bench.noop_app:app") as noop, \
-            Server(gateway_cfg(), 2, app="bench.noop_app:bare") as bare:
+            Server(gateway_cfg(), 2, app="bench.noop_app:bare") as bare, MqBridge() as bridge, \
+            Server(gateway_cfg(), 2, app="bench.kombu_app:app") as kombu:
         for round_ in range(1, ROUNDS + 1):
             runs["gateway"].append(gateway_run(gateway))
+            runs["mq_bridge"].append(counted_run(f"http://127.0.0.1:{bridge.port}/", BODY))
+            runs["kombu"].append(counted_run(f"http://127.0.0.1:{kombu.port}/publish", f"bench|{QUEUE}|{BODY}"))
             runs["management"].append(management_run())
             runs["noop"].append(noop_run(noop))
             runs["noop_bare"].append(noop_run(bare))
@@ -315,8 +350,9 @@ def rss_kib(pid: int) -> int:
 
 
 def all_counted(results: dict[str, Any]) -> bool:
-    """Every gateway run (the rounds and the scaling runs) found all its 200s in the queue."""
-    return bool(results["gateway"]["counted"]) and all(row["counted"] for row in results["scaling"])
+    """Every counted run (the gateway's rounds and scaling runs, the peers') found all its 2xx in the queue."""
+    return (all(bool(results[name]["counted"]) for name in ("gateway", "mq_bridge", "kombu"))
+            and all(row["counted"] for row in results["scaling"]))
 
 
 def table(results: dict[str, Any]) -> str:
@@ -334,7 +370,9 @@ def table(results: dict[str, Any]) -> str:
     b = results["batch"]
     rows.append(f"| gateway POST /publish/batch, {b['messages_per_request']} msgs per request "
                 f"| {b['msgs_per_s']:.0f} msg/s | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} | - | - |")
-    for key, name in (("management", "RabbitMQ management API publish"),
+    for key, name in (("mq_bridge", "mq-bridge HTTP -> AMQP (Rust), answered after the confirm"),
+                      ("kombu", "Flask + kombu ProducerPool (confirm_publish), same gunicorn"),
+                      ("management", "RabbitMQ management API publish"),
                       ("conn_per_message", "new pika connection per message (2 processes)"),
                       ("noop", "no-op route, same gunicorn+gevent+Flask"),
                       ("noop_bare", "no-op route, same gunicorn+gevent, plain WSGI")):
@@ -355,7 +393,7 @@ def table(results: dict[str, Any]) -> str:
     rows += ["", "| workers | pool size | req/s | p99 ms |", "|---|---|---|---|"]
     rows += [f"| {r['workers']} | {r['pool']} | {r['rps']:.0f} | {r['p99_ms']:.1f} |" for r in results["scaling"]]
     counted = "every one" if all_counted(results) else "NOT EVERY ONE: MESSAGES LOST"
-    rows += ["", f"Acknowledged gateway publishes found in the queue afterwards: {counted}."]
+    rows += ["", f"Acknowledged publishes (gateway and peers) found in the queue afterwards: {counted}."]
     m = results["memory"]
     rows += ["", f"Worker RSS with {m['ids']} ids x {m['connections_per_id']} connections: "
                  f"{m['rss_mib_idle']:.1f} MiB idle, {m['rss_mib_after_load']:.1f} MiB after load."]
@@ -369,9 +407,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = ["gateway", "gateway batch (msgs)", "management API", "conn/message", "no-op route (Flask)",
-             "no-op route (plain WSGI)"]
-    values = [results["gateway"]["rps"], results["batch"]["msgs_per_s"]]
+    names = ["gateway", "mq-bridge (Rust)", "Flask + kombu", "gateway batch (msgs)", "management API",
+             "conn/message", "no-op route (Flask)", "no-op route (plain WSGI)"]
+    values = [results["gateway"]["rps"], results["mq_bridge"]["rps"], results["kombu"]["rps"],
+              results["batch"]["msgs_per_s"]]
     values += [results[k]["rps"] for k in ("management", "conn_per_message", "noop", "noop_bare")]
     z = results.get("zmq") or {}
     if "persistent" in z:
@@ -402,7 +441,7 @@ def main() -> None:
         "rounds": ROUNDS,
         "connections": CONNECTIONS,
     }
-    log(f"gateway, management API, no-op routes: {ROUNDS} rounds")
+    log(f"gateway, mq-bridge, Flask + kombu, management API, no-op routes: {ROUNDS} rounds")
     results.update(bench_http_rounds())
     log("gateway batch"); results["batch"] = bench_batch()  # noqa: E702
     log("connection per message"); results["conn_per_message"] = bench_conn_per_message()  # noqa: E702
@@ -411,6 +450,8 @@ def main() -> None:
     log("memory"); results["memory"] = bench_memory()  # noqa: E702
     g = results["gateway"]["rps"]
     results["ratios"] = {
+        "gateway_over_mq_bridge": g / results["mq_bridge"]["rps"],
+        "gateway_over_kombu": g / results["kombu"]["rps"],
         "gateway_over_management": g / results["management"]["rps"],
         "gateway_over_conn_per_message": g / results["conn_per_message"]["rps"],
         "gateway_over_noop": g / results["noop"]["rps"],
