@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -197,10 +198,49 @@ def wrk(url: str, body: str, headers: dict[str, str] | None = None, seconds: flo
     }
 
 
-def counted_run(url: str, body: str, seconds: float = SECONDS) -> dict[str, Any]:
-    """One wrk run against an empty queue; then every 2xx answer must be in the queue."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used so far (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+_BROKER_PID: list[int] = []
+
+
+def broker_pid() -> int:
+    """The local RabbitMQ's OS pid (asked once; read-only)."""
+    if not _BROKER_PID:
+        out = subprocess.run(["rabbitmqctl", "eval", "os:getpid()."], capture_output=True, text=True).stdout
+        _BROKER_PID.append(int(out.strip().strip('"')) if out.strip().strip('"').isdigit() else 0)
+    return _BROKER_PID[0]
+
+
+def counted_run(url: str, body: str, seconds: float = SECONDS, pids: list[int] | None = None) -> dict[str, Any]:
+    """One wrk run against an empty queue; then every 2xx answer must be in the queue.
+
+    With ``pids`` (the server's processes) it also says where a request's CPU went:
+    in the server, in the broker and in wrk, in microseconds per request.
+    """
     reset_queue()
+    watched = {"server": pids or [], "broker": [broker_pid()]}
+    before = {name: cpu_seconds(group) for name, group in watched.items()}
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = wrk(url, body, seconds=seconds)
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests = max(result["requests"], 1)
+    result["cpu_us_per_request"] = {
+        **{name: round((cpu_seconds(group) - before[name]) / requests * 1e6) for name, group in watched.items()},
+        "wrk": round((children_after.ru_utime + children_after.ru_stime - children_before.ru_utime
+                      - children_before.ru_stime) / requests * 1e6),
+    }
+    if not pids:
+        del result["cpu_us_per_request"]["server"]
     result["in_queue"] = queue_count()
     # wrk may not count the last answers in flight, so the queue may hold more, never fewer.
     result["counted"] = result["in_queue"] >= result["requests"] - result["non_2xx"]
@@ -211,7 +251,8 @@ def counted_run(url: str, body: str, seconds: float = SECONDS) -> dict[str, Any]
 
 def gateway_run(server: Server, seconds: float = SECONDS) -> dict[str, Any]:
     """One wrk run of POST /publish on a running gateway; every 200 counted in the queue."""
-    return counted_run(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds)
+    return counted_run(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds,
+                       pids=[server.proc.pid, *server.worker_pids()])
 
 
 class MqBridge:
@@ -287,8 +328,9 @@ def bench_http_rounds() -> dict[str, dict[str, Any]]:
             Server(gateway_cfg(), 2, app="bench.kombu_app:app") as kombu:
         for round_ in range(1, ROUNDS + 1):
             runs["gateway"].append(gateway_run(gateway))
-            runs["mq_bridge"].append(counted_run(f"http://127.0.0.1:{bridge.port}/", BODY))
-            runs["kombu"].append(counted_run(f"http://127.0.0.1:{kombu.port}/publish", f"bench|{QUEUE}|{BODY}"))
+            runs["mq_bridge"].append(counted_run(f"http://127.0.0.1:{bridge.port}/", BODY, pids=[bridge.proc.pid]))
+            runs["kombu"].append(counted_run(f"http://127.0.0.1:{kombu.port}/publish", f"bench|{QUEUE}|{BODY}",
+                                             pids=[kombu.proc.pid, *kombu.worker_pids()]))
             runs["management"].append(management_run())
             runs["noop"].append(noop_run(noop))
             runs["noop_bare"].append(noop_run(bare))
@@ -317,6 +359,16 @@ def bench_zmq() -> dict[str, Any] | None:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def bench_queue_types() -> dict[str, Any]:
+    """Classic against quorum queues, one node and the three-node cluster (bench/queue_types.py)."""
+    done = subprocess.run([PYTHON, str(REPO / "bench" / "queue_types.py"), "--rounds", "2"], cwd=REPO,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        log(f"queue types bench failed: {done.stderr[-1000:]}")
+        return {"error": done.stderr[-500:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def bench_scaling() -> list[dict[str, Any]]:
     rows = []
     for workers in (1, 2):
@@ -329,14 +381,19 @@ def bench_scaling() -> list[dict[str, Any]]:
 
 
 def bench_memory() -> dict[str, Any]:
-    reset_queue()
-    with Server(gateway_cfg(pool=5, ids=10), 1) as server:
-        time.sleep(2)
-        pid = server.worker_pids()[0]
-        before = rss_kib(pid)
-        wrk(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds=3)
-        after = rss_kib(pid)
-    return {"ids": 10, "connections_per_id": 5, "rss_mib_idle": before / 1024, "rss_mib_after_load": after / 1024}
+    """A worker's RSS with 1 and with 10 connection ids of 5 connections each: the cost of an id."""
+    figures: dict[str, Any] = {"connections_per_id": 5}
+    for ids in (1, 10):
+        reset_queue()
+        with Server(gateway_cfg(pool=5, ids=ids), 1) as server:
+            time.sleep(2)
+            pid = server.worker_pids()[0]
+            before = rss_kib(pid)
+            wrk(f"http://127.0.0.1:{server.port}/publish", f"bench|{QUEUE}|{BODY}", seconds=3)
+            figures[f"rss_mib_{ids}_ids_idle"] = before / 1024
+            figures[f"rss_mib_{ids}_ids_after_load"] = rss_kib(pid) / 1024
+    figures["rss_mib_per_id"] = (figures["rss_mib_10_ids_idle"] - figures["rss_mib_1_ids_idle"]) / 9
+    return figures
 
 
 def rss_kib(pid: int) -> int:
@@ -395,8 +452,21 @@ def table(results: dict[str, Any]) -> str:
     counted = "every one" if all_counted(results) else "NOT EVERY ONE: MESSAGES LOST"
     rows += ["", f"Acknowledged publishes (gateway and peers) found in the queue afterwards: {counted}."]
     m = results["memory"]
-    rows += ["", f"Worker RSS with {m['ids']} ids x {m['connections_per_id']} connections: "
-                 f"{m['rss_mib_idle']:.1f} MiB idle, {m['rss_mib_after_load']:.1f} MiB after load."]
+    rows += ["", f"Worker RSS with 1 id x {m['connections_per_id']} connections: {m['rss_mib_1_ids_idle']:.1f} MiB "
+                 f"idle; with 10 ids: {m['rss_mib_10_ids_idle']:.1f} MiB idle, {m['rss_mib_10_ids_after_load']:.1f} "
+                 f"MiB after load ({m['rss_mib_per_id']:.2f} MiB per id)."]
+    cpu_rows = [(name, results[key]["cpu_us_per_request"]) for key, name in
+                (("gateway", "gateway"), ("mq_bridge", "mq-bridge"), ("kombu", "Flask + kombu"))
+                if "cpu_us_per_request" in results[key]]
+    if cpu_rows:
+        rows += ["", "| CPU per request (µs) | server | broker | wrk |", "|---|---|---|---|"]
+        rows += [f"| {name} | {c['server']} | {c['broker']} | {c['wrk']} |" for name, c in cpu_rows]
+    q = results.get("queue_types") or {}
+    for where in ("one_node", "cluster"):
+        if "classic" in q.get(where, {}):
+            f = q[where]
+            rows += [f"Confirmed publishing, one pika connection, {where.replace('_', ' ')}: classic "
+                     f"{f['classic']} msg/s, quorum {f['quorum']} msg/s ({f['quorum_over_classic']:.2f}x)."]
     return "\n".join(rows)
 
 
@@ -448,6 +518,7 @@ def main() -> None:
     log("zeromq"); results["zmq"] = bench_zmq()  # noqa: E702
     results["scaling"] = bench_scaling()
     log("memory"); results["memory"] = bench_memory()  # noqa: E702
+    log("classic and quorum queues"); results["queue_types"] = bench_queue_types()  # noqa: E702
     g = results["gateway"]["rps"]
     results["ratios"] = {
         "gateway_over_mq_bridge": g / results["mq_bridge"]["rps"],

@@ -43,13 +43,17 @@ REPO = Path(__file__).resolve().parent.parent
 AMQP = os.environ.get("BENCH_AMQP", "guest:guest@127.0.0.1:5672/")
 
 
-def _blocking() -> pika.BlockingConnection:
-    user, _, rest = AMQP.partition("@")
+def params_for(amqp: str = AMQP) -> pika.ConnectionParameters:
+    """pika's parameters for ``user:pass@host:port/vhost``."""
+    user, _, rest = amqp.partition("@")
     name, _, password = user.partition(":")
     hostport, _, vhost = rest.partition("/")
     host, _, port = hostport.partition(":")
-    return pika.BlockingConnection(pika.ConnectionParameters(
-        host, int(port or 5672), vhost or "/", pika.PlainCredentials(name, password)))
+    return pika.ConnectionParameters(host, int(port or 5672), vhost or "/", pika.PlainCredentials(name, password))
+
+
+def _blocking(amqp: str = AMQP) -> pika.BlockingConnection:
+    return pika.BlockingConnection(params_for(amqp))
 
 
 def raw_round(queue: str, count: int, size: int, persistent: bool) -> float:
@@ -66,17 +70,14 @@ def raw_round(queue: str, count: int, size: int, persistent: bool) -> float:
     return count / elapsed
 
 
-def raw_confirmed_round(queue: str, count: int, size: int, persistent: bool, window: int = 2000) -> float:
+def raw_confirmed_round(queue: str, count: int, size: int, persistent: bool, window: int = 2000,
+                        amqp: str = AMQP) -> float:
     """Messages per second of one pika connection publishing WITH confirms, pipelined.
 
     Not the target's baseline: the broker's own ceiling for confirmed publishing
     on one connection, to show how much of the gap is the broker's.
     """
-    user, _, rest = AMQP.partition("@")
-    name, _, password = user.partition(":")
-    hostport, _, vhost = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    params = pika.ConnectionParameters(host, int(port or 5672), vhost or "/", pika.PlainCredentials(name, password))
+    params = params_for(amqp)
     body = b"x" * size
     props = pika.BasicProperties(delivery_mode=2 if persistent else 1)
     outstanding: deque[int] = deque()
