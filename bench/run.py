@@ -283,15 +283,16 @@ def bench_gateway(workers: int = 2, pool: int = 5, seconds: float = SECONDS) -> 
 
 
 def bench_batch(per_request: int = 100) -> dict[str, Any]:
-    """POST /publish/batch with ``per_request`` messages each: messages/s."""
-    reset_queue()
+    """POST /publish/batch with ``per_request`` messages each: messages/s, CPU per message, all counted."""
     record = f"bench|{QUEUE}|{BODY}"
     body = f"{len(record)}\n{record}\n" * per_request
     with Server(gateway_cfg(), 2) as server:
-        result = wrk(f"http://127.0.0.1:{server.port}/publish/batch", body)
+        result = counted_run(f"http://127.0.0.1:{server.port}/publish/batch", body,
+                             pids=[server.proc.pid, *server.worker_pids()])
     result["messages_per_request"] = per_request
     result["msgs_per_s"] = result["rps"] * per_request
-    result["in_queue"] = queue_count()
+    result["counted"] = result["in_queue"] >= (result["requests"] - result["non_2xx"]) * per_request
+    result["cpu_us_per_message"] = {k: round(v / per_request, 1) for k, v in result["cpu_us_per_request"].items()}
     return result
 
 
@@ -408,7 +409,7 @@ def rss_kib(pid: int) -> int:
 
 def all_counted(results: dict[str, Any]) -> bool:
     """Every counted run (the gateway's rounds and scaling runs, the peers') found all its 2xx in the queue."""
-    return (all(bool(results[name]["counted"]) for name in ("gateway", "mq_bridge", "kombu"))
+    return (all(bool(results[name]["counted"]) for name in ("gateway", "mq_bridge", "kombu", "batch"))
             and all(row["counted"] for row in results["scaling"]))
 
 
@@ -461,6 +462,8 @@ def table(results: dict[str, Any]) -> str:
     if cpu_rows:
         rows += ["", "| CPU per request (µs) | server | broker | wrk |", "|---|---|---|---|"]
         rows += [f"| {name} | {c['server']} | {c['broker']} | {c['wrk']} |" for name, c in cpu_rows]
+        c = results["batch"]["cpu_us_per_message"]
+        rows += [f"| gateway batch, per message | {c['server']} | {c['broker']} | {c['wrk']} |"]
     q = results.get("queue_types") or {}
     for where in ("one_node", "cluster"):
         if "classic" in q.get(where, {}):
