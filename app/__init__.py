@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
     logs.register_secrets(settings.secrets())
     log.info("configuration loaded", extra={"event": "config", "config": settings.describe()})
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # nothing static to serve: no /static route
     request_id.init_app(app)  # first: every later hook and log line has the request id
     logs.register_secrets(auth.init_app(app, settings))
     gateway = Gateway(settings)

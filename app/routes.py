@@ -1,4 +1,4 @@
-"""HTTP routes: batch publish, health, readiness, metrics and the pool view.
+"""HTTP routes: batch publish, health, readiness, metrics, the pool view and the OpenAPI document.
 
 ``POST /publish``, the hot path, is answered before Flask by
 :mod:`app.publish_endpoint`.
@@ -16,11 +16,13 @@ from app.auth import access
 from app.batch import parse_batch
 from app.errors import GatewayError, UnknownConnection
 from app.gateway import Gateway
+from app.openapi import document
 from app.publish_endpoint import read_body
 
 bp = Blueprint("gateway", __name__)
 
 _JSON = "application/json"
+_OPENAPI = (json.dumps(document(), sort_keys=True) + "\n").encode()
 
 
 def gateway() -> Gateway:
@@ -109,3 +111,9 @@ def pools() -> Response:
     view = current_app.extensions["pool_status"].view()
     # Belt and braces: the view holds no password, and the redactor makes sure of it.
     return Response(logs.redact(json.dumps(view)) + "\n", 200, content_type=_JSON)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of the HTTP API (app/openapi.py)."""
+    return Response(_OPENAPI, 200, content_type=_JSON)
