@@ -34,7 +34,11 @@ import pika
 import pika.exceptions
 from gevent.event import AsyncResult, Event
 from pika import spec
-from pika.adapters.gevent_connection import GeventConnection
+from pika.adapters.gevent_connection import (
+    GeventConnection,
+    _GeventSelectorIOLoop,
+    _GeventSelectorIOServicesAdapter,
+)
 from pika.adapters.utils import connection_workflow
 from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 
@@ -66,6 +70,26 @@ _connection_seq = itertools.count(1)
 def process_tag() -> str:
     """This process's part of message ids (8 hex digits)."""
     return process_token()[:8]
+
+
+_io_services: tuple[object, _GeventSelectorIOServicesAdapter] | None = None
+
+
+def io_services() -> _GeventSelectorIOServicesAdapter:
+    """This worker's one pika I/O loop on the gevent hub, shared by all its connections.
+
+    A ``GeventConnection`` made without one builds a loop of its own, and each
+    loop opens an ``os.pipe()`` (for pika's cross-thread callbacks) that
+    nothing ever closes: two descriptors leaked per connection attempt
+    (issue 14). One loop per hub holds one pipe for the worker's lifetime;
+    pika's connections are made to share a loop (its ``create_connection``
+    does so for its attempts).
+    """
+    global _io_services
+    hub = gevent.get_hub()
+    if _io_services is None or _io_services[0] is not hub:
+        _io_services = (hub, _GeventSelectorIOServicesAdapter(_GeventSelectorIOLoop(hub)))
+    return _io_services[1]
 
 
 def connection_parameters(address: BrokerAddress, settings: Settings, name: str) -> pika.ConnectionParameters:
@@ -164,6 +188,7 @@ class BrokerConnection:
                 on_open_callback=lambda _conn: self._on_open(ready),
                 on_open_error_callback=lambda _conn, err: ready.set_exception(_as_exception(err)),
                 on_close_callback=self._on_connection_closed,
+                custom_ioloop=io_services(),
             )
             # pika's stack_timeout bounds the handshake; this is a safety net.
             ready.get(timeout=timeout + 1.0)
