@@ -337,6 +337,20 @@ def _z85_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
+MIN_TOKEN_LENGTH = 16  # bearer tokens, publish and operator alike
+TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces (RFC 6750 b64token and more)
+
+
+def _ops_token(text: str) -> str:
+    """Empty (no token), or a bearer token as long and as printable as a publish token."""
+    token = text.strip()
+    if token and (len(token) < MIN_TOKEN_LENGTH or not TOKEN_RE.match(token)):
+        # Not quoted: it is a secret, however weak.
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} printable characters without spaces "
+                         "(e.g. `openssl rand -hex 24`), like a publish token")
+    return token
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -451,8 +465,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("AUTH_TOKENS", "auth_tokens", "", _text,
            "The same token lines inline, separated by `;` or newlines; meant for `GATEWAY_AUTH_TOKENS` "
            "from a Kubernetes Secret.", secret=True),
-    Option("OPS_TOKEN", "ops_token", "", _text,
-           "Bearer token required on `/metrics` and `/pools` (empty: they are open).", secret=True),
+    Option("OPS_TOKEN", "ops_token", "", _ops_token,
+           "Bearer token required on `/metrics` and `/pools` (empty: they are open); at least 16 "
+           "printable characters, like a publish token.", secret=True),
     Option("OPS_TOKEN_HEALTH", "ops_token_health", "false", parse_bool,
            "Require `OPS_TOKEN` on `/healthz` and `/readyz` too (then the probes must send it)."),
 )
