@@ -111,7 +111,10 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Worker, app loaded and gevent patched: start the ZeroMQ ingress (if configured)."""
+    """Worker, app loaded and gevent patched: errors as JSON lines; start the ZeroMQ ingress (if configured)."""
+    from app import logs
+
+    logs.route_process_errors()
     if getattr(worker, "gateway_zmq_backend", None):
         from app import zmq_ingress
 

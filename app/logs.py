@@ -99,6 +99,58 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class HubErrorLog:
+    """The gevent hub's ``handle_error``, writing JSON log lines instead of raw tracebacks.
+
+    gevent prints an error raised in a hub callback or a greenlet to its
+    ``exception_stream`` (stderr) as a bare traceback: pika raises in its I/O
+    callbacks when a broker resets a TLS handshake, for one. gevent documents
+    setting ``handle_error`` on the hub instance as the way to take this
+    over; system errors (``SystemExit``, ``KeyboardInterrupt``) still go on to
+    gevent's ``handle_system_error``, which ends the worker as before.
+    """
+
+    def __init__(self, hub: Any):
+        self._hub = hub
+        self._gevent_default = hub.handle_error
+
+    def __call__(self, context: Any, kind: Any, value: Any, tb: Any) -> None:
+        hub = self._hub
+        if not isinstance(kind, type) or not isinstance(value, BaseException) or kind.__name__ == "HubDestroyed":
+            self._gevent_default(context, kind, value, tb)  # gevent's odd cases (string errors, hub teardown)
+            return
+        if not issubclass(kind, hub.NOT_ERROR):  # logging itself never raises (gevent's rule for this hook)
+            where = context if isinstance(context, str) else type(context).__name__
+            logging.getLogger("app.hub").error("%s failed with %s", where, kind.__name__,
+                                               exc_info=(kind, value, tb), extra={"event": "greenlet_error"})
+        if context is None or issubclass(kind, hub.SYSTEM_ERROR):
+            hub.handle_system_error(kind, value, tb)
+
+
+def route_process_errors() -> None:
+    """In a worker: the hub's errors, warnings and unraisable exceptions as JSON lines (not raw stderr)."""
+    import gevent
+
+    hub = gevent.get_hub()
+    if not isinstance(hub.handle_error, HubErrorLog):
+        hub.handle_error = HubErrorLog(hub)
+    logging.captureWarnings(True)  # the "py.warnings" logger: root's JSON handler
+
+    def unraisable(info: Any) -> None:
+        logging.getLogger("app.hub").error(
+            "exception ignored in %r", info.object,
+            exc_info=(info.exc_type, info.exc_value, info.exc_traceback) if info.exc_value else None,
+            extra={"event": "unraisable_exception"})
+
+    sys.unraisablehook = unraisable
+
+    def uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        logging.getLogger("app.hub").critical("uncaught exception", exc_info=(kind, value, tb),
+                                              extra={"event": "uncaught_exception"})
+
+    sys.excepthook = uncaught
+
+
 def configure(level: str = "INFO") -> None:
     """Send the ``app`` loggers to stdout as JSON (idempotent)."""
     logger = logging.getLogger("app")

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 
+import gevent
 import pytest
 
 from tests.support.rabbit import AMQP_PORT
@@ -68,3 +69,36 @@ def test_a_weak_ops_token_is_refused_at_start(tmp_path):
     errors = [line for line in done.stderr.splitlines() if "config error" in line]
     assert len(errors) == 1 and "OPS_TOKEN" in errors[0] and "at least 16" in errors[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_every_line_is_json_through_reset_refuse_and_blackhole(tmp_path, rabbit, proxy):
+    queue = rabbit.queue("faults")
+    gw = GatewayProcess(tmp_path, FAST + "NO_OF_CONNECTIOS,2\nCONFIRM_TIMEOUT,1\nHEARTBEAT,1\n"
+                        f"RMQ_CONN_STR,p,guest:guest@{proxy.url_hostport}/\n"
+                        # TLS against a plain listener, then reset mid-handshake: ssl's errors too.
+                        f"RMQ_CONN_STR,t,amqps://guest:guest@{proxy.url_hostport}/?verify=verify_none\n",
+                        workers=2, split_stderr=True)
+    gw.start(wait_ready=False)
+    try:
+        gw.wait_active("p")
+
+        def cut_repeatedly() -> None:  # connections reset while the pools open and use them
+            for _ in range(30):
+                proxy.cut()
+                gevent.sleep(0.1)
+
+        faults = [proxy.reset_on_accept, lambda: proxy.reset_on_accept(after_bytes=8),
+                  lambda: gevent.spawn(cut_repeatedly), proxy.refuse, proxy.blackhole]
+        for fault in faults:
+            fault()
+            jobs = [gevent.spawn(publish, gw.port, f"p|{queue}|x".encode(), 10) for _ in range(10)]
+            gevent.sleep(3)
+            gevent.joinall(jobs, timeout=10)
+            proxy.restore()
+            gw.wait_active("p")
+        assert publish(gw.port, f"p|{queue}|after".encode())[0] == 200
+    finally:
+        gw.stop()
+    out, err = gw.logs(), gw.stderr_text()
+    assert not_json(out) == [], "\n".join(not_json(out)[:20])
+    assert not_json(err) == [], "\n".join(not_json(err)[:20])
