@@ -10,6 +10,7 @@ app is loaded (``create_app``: pools start connecting in greenlets), then
 process of its own (see docs/zmq.md).
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -20,9 +21,22 @@ import tempfile
 # prometheus_client) in the master before any hook runs: the shared metrics
 # directory has to be named here, first. We make it unless one is given (then
 # on_starting empties it) and on_exit removes the one we made.
+# gunicorn calls on_exit only from a clean halt: a start-up that fails (a
+# config error in on_starting, a port in use) exits without it, so the master
+# also removes the directory when its interpreter exits, whichever way. Only
+# the master: its forked workers inherit the atexit hook.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["GATEWAY_METRICS_TMPDIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    _master_pid = os.getpid()
+    atexit.register(lambda: os.getpid() == _master_pid and _remove_metrics_dir())
+
+
+def _remove_metrics_dir():
+    """Remove the metrics directory this master made (not one it was given)."""
+    path = os.environ.get("GATEWAY_METRICS_TMPDIR")
+    if path and path == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
 
 wsgi_app = "app.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
@@ -144,6 +158,4 @@ def on_exit(server):
     relay = getattr(server, "_gateway_zmq", None)
     if relay is not None:
         relay.stop()
-    path = os.environ.get("GATEWAY_METRICS_TMPDIR")
-    if path and path == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        shutil.rmtree(path, ignore_errors=True)
+    _remove_metrics_dir()

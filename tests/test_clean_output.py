@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -102,3 +103,28 @@ def test_every_line_is_json_through_reset_refuse_and_blackhole(tmp_path, rabbit,
     out, err = gw.logs(), gw.stderr_text()
     assert not_json(out) == [], "\n".join(not_json(out)[:20])
     assert not_json(err) == [], "\n".join(not_json(err)[:20])
+
+
+def _failed_start(tmp_path, cfg_text: str, bind: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Start gunicorn, expecting it to fail; also the metrics directories it left in its TMPDIR."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    cfg = tmp_path / "start.cfg"
+    cfg.write_text(cfg_text)
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", bind],
+                          cwd=REPO, env={"GATEWAY_CONFIG": str(cfg), "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp)},
+                          capture_output=True, text=True, timeout=60)
+    return done, sorted(p.name for p in tmp.glob("gateway-metrics-*"))
+
+
+@pytest.mark.parametrize("case", ["bad config", "port in use"])
+def test_a_failed_start_leaves_no_metrics_directory(tmp_path, case):
+    good = f"RMQ_CONN_STR,a,guest:guest@127.0.0.1:{AMQP_PORT}/\n"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        bind = f"127.0.0.1:{busy.getsockname()[1]}" if case == "port in use" else f"127.0.0.1:{free_port()}"
+        text = "RMQ_CONN_STR,a,h:notaport/\n" if case == "bad config" else good
+        done, left = _failed_start(tmp_path, text, bind)
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert left == [], f"{case}: {left} left behind"
