@@ -136,7 +136,8 @@ def load_tokens(settings: Settings) -> tuple[TokenTable | None, list[str]]:
     pairs: list[tuple[TokenRule, str]] = []
     if settings.auth_tokens_file:
         path = settings.auth_tokens_file
-        pairs += parse_tokens(read_text_file(path, "AUTH_TOKENS_FILE: file"), path)
+        text = settings.auth_tokens_file_text
+        pairs += parse_tokens(read_text_file(path, "AUTH_TOKENS_FILE: file") if text is None else text, path)
     if settings.auth_tokens:
         pairs += parse_tokens(settings.auth_tokens, "AUTH_TOKENS", lines_separated_by_semicolons=True)
     names = [rule.name for rule, _ in pairs]

@@ -527,6 +527,9 @@ class Settings:
     auth_tokens: str = field(default="", repr=False)
     ops_token: str = field(default="", repr=False)
     ops_token_health: bool = False
+    # AUTH_TOKENS_FILE's text as read when the config was validated (app.check_config):
+    # forked workers use it rather than read the file again.
+    auth_tokens_file_text: str | None = field(default=None, repr=False)
 
     @property
     def min_size(self) -> int:
@@ -622,6 +625,20 @@ def read_text_file(path: str, what: str = "config file") -> str:
         raise ConfigError(f"{what} not found", path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what}: {exc.__class__.__name__}", path) from None
+
+
+_adopted: Settings | None = None
+
+
+def adopt(settings: Settings | None) -> None:
+    """Make :func:`current_settings` return these (a worker, given what its master validated)."""
+    global _adopted
+    _adopted = settings
+
+
+def current_settings() -> Settings:
+    """The settings adopted from the gunicorn master, else read from the file and environment now."""
+    return _adopted if _adopted is not None else load_settings()
 
 
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
