@@ -43,7 +43,7 @@ from pika.adapters.utils import connection_workflow
 from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 
 from app.amqp_wire import ConfirmReader, publish_frames
-from app.config import BrokerAddress, Settings
+from app.config import BrokerAddress, Settings, tls_context
 from app.errors import (
     BrokerBlocked,
     ConfirmTimeout,
@@ -96,13 +96,7 @@ def connection_parameters(address: BrokerAddress, settings: Settings, name: str)
     """pika parameters for one broker, with our timeouts and a readable connection name."""
     ssl_options = None
     if address.tls:
-        context = ssl.create_default_context(cafile=address.cacertfile)
-        if address.certfile:
-            context.load_cert_chain(address.certfile, address.keyfile)
-        if not address.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        ssl_options = pika.SSLOptions(context, address.server_name or address.host)
+        ssl_options = pika.SSLOptions(tls_context(address), address.server_name or address.host)
     return pika.ConnectionParameters(
         host=address.host,
         port=address.port,

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import os
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,38 @@ SEED_HINT = ("a ',' or ';' in a password splits the line there: write that serve
              "with the character percent-encoded (',' is %2C and ';' is %3B)")
 URI_HINT = ("write a '/', '?', '#' or '@' in a user name or password percent-encoded "
             "('/' is %2F, '?' is %3F, '#' is %23 and '@' is %40)")
+
+
+def tls_context(address: BrokerAddress) -> ssl.SSLContext:
+    """The TLS context of an ``amqps`` server: its CA, client certificate and verification."""
+    context = ssl.create_default_context(cafile=address.cacertfile)
+    if address.certfile:
+        context.load_cert_chain(address.certfile, address.keyfile)
+    if not address.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def check_tls_files(address: BrokerAddress) -> None:
+    """Raise ValueError (naming the option and the file) unless the server's TLS files load."""
+    files = [(key, getattr(address, key)) for key in ("cacertfile", "certfile", "keyfile")]
+    for key, path in files:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise ValueError(f"{key} {path!r}: file not found") from None
+        except OSError as exc:
+            raise ValueError(f"{key} {path!r}: cannot be read ({exc.__class__.__name__})") from None
+    try:
+        tls_context(address)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        named = ", ".join(f"{key} {path!r}" for key, path in files if path) or "the system CA store"
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__
+        raise ValueError(f"{named}: not a usable certificate or key ({reason})") from None
 
 
 def _port(text: str, default: int) -> int:
@@ -258,7 +291,16 @@ def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
         # "u:ab,cd:ef@h/" reads as a server "u" on port "ab"... and another
         # with user "cd": a password's "," or ";" is the likelier story.
         raise ValueError(f"some servers are written with user:password@ and some without; {SEED_HINT}")
-    return ConnectionSpec(conn_id, primary, backup)
+    spec = ConnectionSpec(conn_id, primary, backup)
+    for role, servers in spec.brokers():
+        for address in servers:
+            if address.tls:
+                try:
+                    check_tls_files(address)
+                except ValueError as exc:
+                    # The line parsed: the id is an id, the path a path (neither a password's piece).
+                    raise ValueError(f"connection id {conn_id!r}: {role}: {exc}") from None
+    return spec
 
 
 # --------------------------------------------------------------------------

@@ -111,3 +111,12 @@ def test_check_config_command(tmp_path):
     made = subprocess.run(["make", "-s", "check-config", f"CONFIG={bad}"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert made.returncode != 0 and "invalid port" in made.stderr
+
+
+def test_check_config_names_the_id_and_a_missing_tls_file(tmp_path):
+    cfg = tmp_path / "tls.cfg"
+    cfg.write_text("RMQ_CONN_STR,orders,amqps://app:Secret99x@rabbit:5671/?cacertfile=/nonexistent/ca.pem\n")
+    done = _check(cfg)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"gateway: config error: {cfg}:1: RMQ_CONN_STR: connection id 'orders': "
+                                        "primary: cacertfile '/nonexistent/ca.pem': file not found"]
