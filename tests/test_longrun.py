@@ -91,3 +91,56 @@ def test_descriptors_and_memory_stay_flat_over_hundreds_of_recycles(tmp_path, ra
         assert_flat(before, after, f"{count:.0f} recycles")
     finally:
         gw.stop()
+
+
+def _keepalive_publisher(port: int, body: bytes, statuses: list[int], stop: list[bool]) -> None:
+    """Publish over one keep-alive connection until the server closes it."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        while not stop[0]:
+            conn.request("POST", "/publish", body=body)
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+            if resp.status == 503:
+                assert resp.getheader("Retry-After"), "a 503 without Retry-After"
+            if resp.getheader("Connection", "").lower() == "close":
+                return
+    except (OSError, http.client.HTTPException):
+        return  # the worker closed the connection: done
+    finally:
+        conn.close()
+
+
+def test_a_configured_id_is_never_unknown_while_workers_shut_down(tmp_path, rabbit):
+    import signal
+
+    queue = rabbit.queue("orphans")
+    gw = GatewayProcess(tmp_path, FAST + "NO_OF_CONNECTIOS,2\nRMQ_CONN_STR,k,guest:guest@127.0.0.1:5672/\n",
+                        workers=2)
+    gw.start()
+    workers = gw.worker_pids()
+    statuses: list[int] = []
+    stop = [False]
+    try:
+        jobs = [gevent.spawn(_keepalive_publisher, gw.port, b"k|%s|m" % queue.encode(), statuses, stop)
+                for _ in range(6)]
+        gevent.sleep(1)
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGKILL)  # the master is gone: the workers shut down on their own
+        gevent.joinall(jobs, timeout=40)
+        stop[0] = True
+        gevent.joinall(jobs, timeout=15)
+    finally:
+        gw.stop()
+        deadline = time.monotonic() + 30
+        while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
+            gevent.sleep(0.2)
+        for pid in workers:  # ours, if they outlived the deadline
+            if os.path.exists(f"/proc/{pid}"):
+                os.kill(pid, signal.SIGKILL)
+    assert statuses.count(200) > 50, statuses[:20]
+    assert 404 not in statuses, f"{statuses.count(404)} publishes to a configured id answered 404"
+    assert set(statuses) <= {200, 503}, sorted(set(statuses))
