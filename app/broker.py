@@ -158,7 +158,7 @@ class BrokerConnection:
         self.blocked = False
         self.suspect = False  # a confirm timed out: the socket may be dead
         self.closing = False  # we asked for the close: not a failure to report
-        self.log_fields: dict[str, str] = {}  # conn_id and role, for its log lines
+        self.log_fields: dict[str, str] = {"server": address.display}  # + conn_id and role, for its log lines
         self._plain_transport: _AsyncPlaintextTransport | None = None  # set once confirms are ours
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
@@ -278,14 +278,14 @@ class BrokerConnection:
 
     def _on_blocked(self, _conn: object, _frame: object) -> None:
         self.blocked = True
-        log.warning("broker blocked the connection (resource alarm)",
+        log.warning("broker %s blocked the connection (resource alarm)", self.address.display,
                     extra={"event": "connection_blocked", "broker": self.address.display, **self.log_fields})
         if self.on_blocked is not None:
             self.on_blocked(self, True)
 
     def _on_unblocked(self, _conn: object, _frame: object) -> None:
         self.blocked = False
-        log.info("broker unblocked the connection",
+        log.info("broker %s unblocked the connection", self.address.display,
                  extra={"event": "connection_unblocked", "broker": self.address.display, **self.log_fields})
         if self.on_blocked is not None:
             self.on_blocked(self, False)

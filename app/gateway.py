@@ -237,8 +237,8 @@ class Route:
                         outcomes[index] = outcome
                 if retry:
                     retrying = True
-                    log.warning("connection lost under %d publish(es) on %s; retrying", len(retry), pool.name,
-                                extra={"event": "publish_retry", "conn_id": self.conn_id, "role": pool.role})
+                    log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(retry), pool.name,
+                                conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
                     pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
                 else:

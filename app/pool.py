@@ -38,7 +38,7 @@ from gevent.event import AsyncResult, Event
 
 from app import metrics
 from app.broker import BrokerConnection
-from app.config import Servers, Settings
+from app.config import BrokerAddress, Servers, Settings
 from app.errors import (
     BrokerBlocked,
     BrokerUnavailable,
@@ -225,8 +225,8 @@ class ConnectionPool:
         self._expiry.pop(conn, None)
         self._blocked.discard(conn)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
-        log.info("discarding connection %s: %s", conn.name, reason,
-                 extra={"event": "connection_discarded", "conn_id": self.conn_id, "role": self.role})
+        log.info("discarding connection %s to %s: %s", conn.name, conn.address.display, reason,
+                 extra={"event": "connection_discarded", **conn.log_fields})
         self._spawn_close(conn, abort=conn.suspect)
         self._wanted.set()
 
@@ -235,8 +235,8 @@ class ConnectionPool:
         self._blocked.discard(conn)
         conn.suspect = True  # keep it out of use while it closes
         metrics.CONNECTION_EVENTS.labels(*self._labels, "recycled").inc()
-        log.debug("closing connection %s: %s", conn.name, reason,
-                  extra={"event": "connection_recycled", "conn_id": self.conn_id, "role": self.role})
+        log.debug("closing connection %s to %s: %s", conn.name, conn.address.display, reason,
+                  extra={"event": "connection_recycled", **conn.log_fields})
         self._spawn_close(conn)
         self._wanted.set()
 
@@ -273,16 +273,18 @@ class ConnectionPool:
             else:
                 detail = f"{server.display}: unexpected error: {describe_exception(exc)}"
                 log.error("unexpected error connecting to %s: %s", self.name, detail, exc_info=True,
-                          extra={"event": "pool_internal_error", "conn_id": self.conn_id, "role": self.role})
+                          extra={"event": "pool_internal_error", **self._fields(server)})
             metrics.CONNECTION_EVENTS.labels(*self._labels, "failed").inc()
             self.servers.failed(server)
             was_down = self.health.is_down
             # With other servers still free to try, one refusing is not the role failing.
             if self.servers.all_quarantined():
                 self.health.record_failure(detail)
+            if server.display not in detail:
+                detail = f"{server.display}: {detail}"
             (log.debug if was_down else log.warning)(
                 "cannot connect to %s: %s", self.name, detail,
-                extra={"event": "connect_failed", "conn_id": self.conn_id, "role": self.role})
+                extra={"event": "connect_failed", **self._fields(server)})
             return None
         finally:
             self._connecting -= 1
@@ -290,13 +292,17 @@ class ConnectionPool:
         self.servers.recovered(server)
         conn.on_lost = self._on_connection_lost
         conn.on_blocked = self._on_connection_blocked
-        conn.log_fields = {"conn_id": self.conn_id, "role": self.role}
+        conn.log_fields = self._fields(server)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
         if self.settings.max_age > 0:
             # Jitter, so a pool's connections do not all reconnect together.
             self._expiry[conn] = time.monotonic() + self.settings.max_age * random.uniform(0.8, 1.0)
         self.health.record_connected()
         return conn
+
+    def _fields(self, server: BrokerAddress) -> dict[str, str]:
+        """The log fields of an event on one connection: id, role and server (its display: no password)."""
+        return {"conn_id": self.conn_id, "role": self.role, "server": server.display}
 
     def _fill_loop(self) -> None:
         backoff = _BACKOFF_START
@@ -326,6 +332,8 @@ class ConnectionPool:
             self._idle.remove(conn)
             self._expiry.pop(conn, None)
             metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
+            log.info("idle connection %s to %s lost: %s", conn.name, conn.address.display, reason,
+                     extra={"event": "connection_lost", **conn.log_fields})
             self._update_gauges()
         self._wanted.set()
 
