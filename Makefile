@@ -46,6 +46,9 @@ run: venv  ## Run the gateway with config/pool.cfg (gunicorn, gevent workers)
 	scripts/ensure-services.sh rabbitmq
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
 
+check-config: venv  ## Check a config file and exit non-zero on an error, like nginx -t (CONFIG=path, default GATEWAY_CONFIG or config/pool.cfg)
+	$(PY) -m app.check_config $(CONFIG)
+
 schema: venv  ## Apply config/schema.sql to the database GATEWAY_CONFIG names (idempotent)
 	$(PY) -m app.dbschema
 
@@ -74,4 +77,4 @@ lint: venv  ## ruff and mypy
 clean:  ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv lock services run schema test image-test cluster-test check-deploy bench lint clean
+.PHONY: help venv lock services run check-config schema test image-test cluster-test check-deploy bench lint clean

@@ -10,6 +10,7 @@ app is loaded (``create_app``: pools start connecting in greenlets), then
 process of its own (see docs/zmq.md).
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -20,9 +21,22 @@ import tempfile
 # prometheus_client) in the master before any hook runs: the shared metrics
 # directory has to be named here, first. We make it unless one is given (then
 # on_starting empties it) and on_exit removes the one we made.
+# gunicorn calls on_exit only from a clean halt: a start-up that fails (a
+# config error in on_starting, a port in use) exits without it, so the master
+# also removes the directory when its interpreter exits, whichever way. Only
+# the master: its forked workers inherit the atexit hook.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["GATEWAY_METRICS_TMPDIR"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    _master_pid = os.getpid()
+    atexit.register(lambda: os.getpid() == _master_pid and _remove_metrics_dir())
+
+
+def _remove_metrics_dir():
+    """Remove the metrics directory this master made (not one it was given)."""
+    path = os.environ.get("GATEWAY_METRICS_TMPDIR")
+    if path and path == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(path, ignore_errors=True)
 
 wsgi_app = "app.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
@@ -64,15 +78,15 @@ logconfig_dict = {
 def on_starting(server):
     """Master: check the config before any worker boots; empty a metrics directory we were given."""
     from app import metrics
-    from app.auth import load_tokens
-    from app.config import ConfigError, load_settings
+    from app.check_config import error_line, validate
+    from app.config import ConfigError
 
     try:
-        server._gateway_settings = load_settings()
-        load_tokens(server._gateway_settings)  # a bad tokens file fails here too, not in each worker
+        # Workers are given these settings (post_fork), never read the file themselves.
+        server._gateway_settings = validate()
     except ConfigError as err:
         # One line, no traceback, never a password (ConfigError never holds one).
-        sys.stderr.write(f"gateway: config error: {err}\n")
+        sys.stderr.write(error_line(err) + "\n")
         sys.exit(1)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     if path != os.environ.get("GATEWAY_METRICS_TMPDIR"):
@@ -80,6 +94,29 @@ def on_starting(server):
         # a previous run's files would be counted again.
         os.makedirs(path, exist_ok=True)
         metrics.clear_dir(path)
+
+
+def on_reload(server):
+    """Master, on SIGHUP: check the file first; a bad one is refused and the old config stays (nginx's way).
+
+    gunicorn replaces the workers either way; the new ones are given the
+    settings validated here, so a bad file never reaches a worker (which
+    would fail to boot and halt the gateway).
+    """
+    import logging
+
+    from app.check_config import validate
+    from app.config import ConfigError
+
+    log = logging.getLogger("app.config")
+    try:
+        settings = validate()
+    except ConfigError as err:
+        log.error("config reload refused, the running config stays: %s", err,
+                  extra={"event": "config_reload_refused"})
+        return
+    server._gateway_settings = settings
+    log.info("config reloaded from %s", settings.source, extra={"event": "config_reloaded"})
 
 
 def when_ready(server):
@@ -100,9 +137,12 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
-    """Worker, before gevent patches: make psycopg2 cooperative before any DB connection."""
+    """Worker, before gevent patches: the master's validated settings; psycopg2 cooperative before any DB use."""
     from psycogreen.gevent import patch_psycopg
 
+    from app import config
+
+    config.adopt(server._gateway_settings)
     patch_psycopg()
     relay = getattr(server, "_gateway_zmq", None)
     if relay is not None:
@@ -111,7 +151,10 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Worker, app loaded and gevent patched: start the ZeroMQ ingress (if configured)."""
+    """Worker, app loaded and gevent patched: errors as JSON lines; start the ZeroMQ ingress (if configured)."""
+    from app import logs
+
+    logs.route_process_errors()
     if getattr(worker, "gateway_zmq_backend", None):
         from app import zmq_ingress
 
@@ -122,7 +165,9 @@ def worker_exit(server, worker):
     """Worker, after its last request: answer ZeroMQ messages taken, close AMQP connections."""
     from app import shutdown
 
-    shutdown(worker.wsgi)
+    app = getattr(worker, "wsgi", None)  # none if the worker failed to load the app
+    if app is not None:
+        shutdown(app)
 
 
 def child_exit(server, worker):
@@ -141,6 +186,4 @@ def on_exit(server):
     relay = getattr(server, "_gateway_zmq", None)
     if relay is not None:
         relay.stop()
-    path = os.environ.get("GATEWAY_METRICS_TMPDIR")
-    if path and path == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        shutil.rmtree(path, ignore_errors=True)
+    _remove_metrics_dir()

@@ -18,7 +18,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from app import auth, logs, request_id
-from app.config import Settings, load_settings
+from app.config import Settings, current_settings
 from app.errors import GatewayError, MethodNotAllowed, NotFound, http_answer
 from app.gateway import Gateway
 from app.pool_status import PoolStatus
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask:
     """Build the WSGI app; ``start=False`` leaves the pools unopened (tests)."""
-    settings = settings or load_settings()
+    settings = settings or current_settings()
     logs.configure(settings.log_level)
     logs.register_secrets(settings.secrets())
     log.info("configuration loaded", extra={"event": "config", "config": settings.describe()})

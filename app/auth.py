@@ -30,12 +30,10 @@ from dataclasses import dataclass
 
 from flask import Flask, request
 
-from app.config import CONN_ID_RE, ConfigError, Settings, read_text_file
+from app.config import CONN_ID_RE, MIN_TOKEN_LENGTH, TOKEN_RE, ConfigError, Settings, read_text_file
 from app.errors import Forbidden, Unauthorized
 
-MIN_TOKEN_LENGTH = 16
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces (RFC 6750 b64token and more)
 OPS_ROUTES = ("/metrics", "/pools")
 HEALTH_ROUTES = ("/healthz", "/readyz")
 
@@ -110,7 +108,7 @@ def parse_tokens(text: str, source: str, lines_separated_by_semicolons: bool = F
             raise ConfigError(f"invalid token name {name!r} (1-64 of A-Z a-z 0-9 _ . -)", source, number)
         if name in names:
             raise ConfigError(f"token name {name!r} is used twice (first on line {names[name]})", source, number)
-        if len(token) < MIN_TOKEN_LENGTH or not _TOKEN_RE.match(token):
+        if len(token) < MIN_TOKEN_LENGTH or not TOKEN_RE.match(token):
             raise ConfigError(f"token {name!r} must be at least {MIN_TOKEN_LENGTH} printable characters "
                               "without spaces (e.g. `openssl rand -hex 24`)", source, number)
         digest = _digest(token)
@@ -138,7 +136,8 @@ def load_tokens(settings: Settings) -> tuple[TokenTable | None, list[str]]:
     pairs: list[tuple[TokenRule, str]] = []
     if settings.auth_tokens_file:
         path = settings.auth_tokens_file
-        pairs += parse_tokens(read_text_file(path, "AUTH_TOKENS_FILE: file"), path)
+        text = settings.auth_tokens_file_text
+        pairs += parse_tokens(read_text_file(path, "AUTH_TOKENS_FILE: file") if text is None else text, path)
     if settings.auth_tokens:
         pairs += parse_tokens(settings.auth_tokens, "AUTH_TOKENS", lines_separated_by_semicolons=True)
     names = [rule.name for rule, _ in pairs]

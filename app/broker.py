@@ -34,12 +34,16 @@ import pika
 import pika.exceptions
 from gevent.event import AsyncResult, Event
 from pika import spec
-from pika.adapters.gevent_connection import GeventConnection
+from pika.adapters.gevent_connection import (
+    GeventConnection,
+    _GeventSelectorIOLoop,
+    _GeventSelectorIOServicesAdapter,
+)
 from pika.adapters.utils import connection_workflow
 from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 
 from app.amqp_wire import ConfirmReader, publish_frames
-from app.config import BrokerAddress, Settings
+from app.config import BrokerAddress, Settings, tls_context
 from app.errors import (
     BrokerBlocked,
     ConfirmTimeout,
@@ -68,17 +72,31 @@ def process_tag() -> str:
     return process_token()[:8]
 
 
+_io_services: tuple[object, _GeventSelectorIOServicesAdapter] | None = None
+
+
+def io_services() -> _GeventSelectorIOServicesAdapter:
+    """This worker's one pika I/O loop on the gevent hub, shared by all its connections.
+
+    A ``GeventConnection`` made without one builds a loop of its own, and each
+    loop opens an ``os.pipe()`` (for pika's cross-thread callbacks) that
+    nothing ever closes: two descriptors leaked per connection attempt
+    (issue 14). One loop per hub holds one pipe for the worker's lifetime;
+    pika's connections are made to share a loop (its ``create_connection``
+    does so for its attempts).
+    """
+    global _io_services
+    hub = gevent.get_hub()
+    if _io_services is None or _io_services[0] is not hub:
+        _io_services = (hub, _GeventSelectorIOServicesAdapter(_GeventSelectorIOLoop(hub)))
+    return _io_services[1]
+
+
 def connection_parameters(address: BrokerAddress, settings: Settings, name: str) -> pika.ConnectionParameters:
     """pika parameters for one broker, with our timeouts and a readable connection name."""
     ssl_options = None
     if address.tls:
-        context = ssl.create_default_context(cafile=address.cacertfile)
-        if address.certfile:
-            context.load_cert_chain(address.certfile, address.keyfile)
-        if not address.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        ssl_options = pika.SSLOptions(context, address.server_name or address.host)
+        ssl_options = pika.SSLOptions(tls_context(address), address.server_name or address.host)
     return pika.ConnectionParameters(
         host=address.host,
         port=address.port,
@@ -140,7 +158,7 @@ class BrokerConnection:
         self.blocked = False
         self.suspect = False  # a confirm timed out: the socket may be dead
         self.closing = False  # we asked for the close: not a failure to report
-        self.log_fields: dict[str, str] = {}  # conn_id and role, for its log lines
+        self.log_fields: dict[str, str] = {"server": address.display}  # + conn_id and role, for its log lines
         self._plain_transport: _AsyncPlaintextTransport | None = None  # set once confirms are ours
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
@@ -164,6 +182,7 @@ class BrokerConnection:
                 on_open_callback=lambda _conn: self._on_open(ready),
                 on_open_error_callback=lambda _conn, err: ready.set_exception(_as_exception(err)),
                 on_close_callback=self._on_connection_closed,
+                custom_ioloop=io_services(),
             )
             # pika's stack_timeout bounds the handshake; this is a safety net.
             ready.get(timeout=timeout + 1.0)
@@ -259,14 +278,14 @@ class BrokerConnection:
 
     def _on_blocked(self, _conn: object, _frame: object) -> None:
         self.blocked = True
-        log.warning("broker blocked the connection (resource alarm)",
+        log.warning("broker %s blocked the connection (resource alarm)", self.address.display,
                     extra={"event": "connection_blocked", "broker": self.address.display, **self.log_fields})
         if self.on_blocked is not None:
             self.on_blocked(self, True)
 
     def _on_unblocked(self, _conn: object, _frame: object) -> None:
         self.blocked = False
-        log.info("broker unblocked the connection",
+        log.info("broker %s unblocked the connection", self.address.display,
                  extra={"event": "connection_unblocked", "broker": self.address.display, **self.log_fields})
         if self.on_blocked is not None:
             self.on_blocked(self, False)

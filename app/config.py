@@ -13,8 +13,10 @@ Errors are :class:`ConfigError` and print as one line,
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,11 +74,54 @@ class BrokerAddress:
         return self.display
 
 
+# A broker address holds a password, so no error about one quotes any part of
+# it: a character of the password that the parser took for a delimiter (a ","
+# or ";" in the seed form, a "/", "?" or "#" in a URI) moves the rest of the
+# password into whatever field comes next (a port, a host, an option name, the
+# next server). The messages say what is wrong and how to write the password.
+SEED_HINT = ("a ',' or ';' in a password splits the line there: write that server as an amqp:// URI "
+             "with the character percent-encoded (',' is %2C and ';' is %3B)")
+URI_HINT = ("write a '/', '?', '#' or '@' in a user name or password percent-encoded "
+            "('/' is %2F, '?' is %3F, '#' is %23 and '@' is %40)")
+
+
+def tls_context(address: BrokerAddress) -> ssl.SSLContext:
+    """The TLS context of an ``amqps`` server: its CA, client certificate and verification."""
+    context = ssl.create_default_context(cafile=address.cacertfile)
+    if address.certfile:
+        context.load_cert_chain(address.certfile, address.keyfile)
+    if not address.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def check_tls_files(address: BrokerAddress) -> None:
+    """Raise ValueError (naming the option and the file) unless the server's TLS files load."""
+    files = [(key, getattr(address, key)) for key in ("cacertfile", "certfile", "keyfile")]
+    for key, path in files:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise ValueError(f"{key} {path!r}: file not found") from None
+        except OSError as exc:
+            raise ValueError(f"{key} {path!r}: cannot be read ({exc.__class__.__name__})") from None
+    try:
+        tls_context(address)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        named = ", ".join(f"{key} {path!r}" for key, path in files if path) or "the system CA store"
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__
+        raise ValueError(f"{named}: not a usable certificate or key ({reason})") from None
+
+
 def _port(text: str, default: int) -> int:
     if text == "":
         return default
     if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"invalid port {text!r}")
+        raise ValueError("invalid port (a number from 1 to 65535)")
     return int(text)
 
 
@@ -109,14 +154,19 @@ def parse_broker(text: str) -> BrokerAddress:
     if sep:
         user, colon, password = userinfo.partition(":")
         if not colon or not user:
-            raise ValueError("credentials must be written user:password@")
+            raise ValueError(f"credentials must be written user:password@host ({SEED_HINT})")
     hostport, slash, path = hostpart.partition("/")
     host, colon, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
     if not host:
         raise ValueError("missing host")
+    try:
+        port_number = _port(port, 5672)
+    except ValueError as exc:
+        # Without credentials, "user:pass" of a password cut by a "," reads as host:port.
+        raise ValueError(f"{exc}{'' if sep else f'; {SEED_HINT}'}") from None
     return BrokerAddress(
         host=host,
-        port=_port(port, 5672),
+        port=port_number,
         vhost=_vhost(path if slash else ""),
         username=user,
         password=password,
@@ -124,20 +174,34 @@ def parse_broker(text: str) -> BrokerAddress:
 
 
 def _parse_uri(text: str) -> BrokerAddress:
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme not in ("amqp", "amqps"):
-        raise ValueError(f"unsupported scheme {parts.scheme!r} (use amqp:// or amqps://)")
+    scheme, _, rest = text.partition("://")
+    if scheme not in ("amqp", "amqps"):
+        raise ValueError("unsupported scheme (use amqp:// or amqps://)")
+    if "#" in text:
+        # An AMQP URI has no fragment: a "#" is a password's, and would cut
+        # the URI there (the host would silently become the user name).
+        raise ValueError(f"a '#' has no place in an AMQP URI; {URI_HINT}")
+    authority_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    if "@" in rest[authority_end:]:
+        # The user information ended early: a "/" or "?" of the password cut it.
+        raise ValueError(f"an '@' after the host; {URI_HINT} (and an '@' in a vhost as %40)")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        hostname = parts.hostname
+    except ValueError:
+        # urllib's own message quotes the whole authority, password included.
+        raise ValueError(f"invalid host; {URI_HINT} ('[' is %5B and ']' is %5D)") from None
     tls = parts.scheme == "amqps"
     try:
         port = parts.port
     except ValueError:
-        raise ValueError("invalid port") from None
-    if not parts.hostname:
+        raise ValueError("invalid port (a number from 1 to 65535)") from None
+    if not hostname:
         raise ValueError("missing host")
     query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - _URI_QUERY_KEYS
-    if unknown:
-        raise ValueError(f"unknown URI option(s): {', '.join(sorted(unknown))}")
+    if set(query) - _URI_QUERY_KEYS:
+        # Not quoted: with a "?" in a password and no "@" left, a piece of it is here.
+        raise ValueError(f"unknown URI option (the options are {', '.join(sorted(_URI_QUERY_KEYS))}); {URI_HINT}")
     if not tls and query.keys() & {"cacertfile", "certfile", "keyfile", "verify"}:
         raise ValueError("TLS options need an amqps:// URI")
 
@@ -152,7 +216,7 @@ def _parse_uri(text: str) -> BrokerAddress:
     if verify not in ("verify_peer", "verify_none"):
         raise ValueError("verify must be verify_peer or verify_none")
     return BrokerAddress(
-        host=parts.hostname,
+        host=hostname,
         port=port or (5671 if tls else 5672),
         vhost=_vhost(parts.path),
         username=urllib.parse.unquote(parts.username) if parts.username else "guest",
@@ -194,30 +258,49 @@ def parse_servers(text: str) -> Servers:
     """One server, or several separated by ``;``."""
     parts = [part.strip() for part in text.split(";")]
     if any(not part for part in parts):
-        raise ValueError("empty server in a ';' list")
+        raise ValueError(f"empty server in a ';' list; {SEED_HINT}")
     return tuple(parse_broker(part) for part in parts)
 
 
 def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
-    """Build a :class:`ConnectionSpec` from ``id`` and ``primary[,backup]``."""
+    """Build a :class:`ConnectionSpec` from ``id`` and ``primary[,backup]``.
+
+    Errors name neither the id nor any part of the brokers (the caller says
+    where: a line number, a variable, a database row): a password cut short
+    by a delimiter can land in the id's field as well as in any other.
+    """
     if not CONN_ID_RE.match(conn_id):
-        raise ValueError(f"invalid connection id {conn_id!r} (1-64 of A-Z a-z 0-9 _ . -)")
+        raise ValueError("invalid connection id (1-64 of A-Z a-z 0-9 _ . -)")
     values = [v.strip() for v in values]
     if not values or not values[0]:
-        raise ValueError(f"connection id {conn_id!r} has no primary broker")
+        raise ValueError("no primary broker")
     if len(values) > 2:
-        raise ValueError(f"connection id {conn_id!r}: expected primary[,backup], got {len(values)} brokers")
+        raise ValueError(f"expected primary[,backup], got {len(values)} fields; {SEED_HINT}")
     try:
         primary = parse_servers(values[0])
     except ValueError as exc:
-        raise ValueError(f"connection id {conn_id!r}: primary: {exc}") from None
+        raise ValueError(f"primary: {exc}") from None
     backup: Servers = ()
     if len(values) == 2 and values[1]:
         try:
             backup = parse_servers(values[1])
         except ValueError as exc:
-            raise ValueError(f"connection id {conn_id!r}: backup: {exc}") from None
-    return ConnectionSpec(conn_id, primary, backup)
+            raise ValueError(f"backup: {exc}") from None
+    seed = [part for value in values for part in value.split(";") if part and "://" not in part]
+    if len({"@" in part for part in seed}) > 1:
+        # "u:ab,cd:ef@h/" reads as a server "u" on port "ab"... and another
+        # with user "cd": a password's "," or ";" is the likelier story.
+        raise ValueError(f"some servers are written with user:password@ and some without; {SEED_HINT}")
+    spec = ConnectionSpec(conn_id, primary, backup)
+    for role, servers in spec.brokers():
+        for address in servers:
+            if address.tls:
+                try:
+                    check_tls_files(address)
+                except ValueError as exc:
+                    # The line parsed: the id is an id, the path a path (neither a password's piece).
+                    raise ValueError(f"connection id {conn_id!r}: {role}: {exc}") from None
+    return spec
 
 
 # --------------------------------------------------------------------------
@@ -294,6 +377,20 @@ def _z85_keys(text: str) -> tuple[str, ...]:
         if not _Z85.match(key):
             raise ValueError(f"not a 40-character Z85 public key: {key[:12]!r}...")
     return keys
+
+
+MIN_TOKEN_LENGTH = 16  # bearer tokens, publish and operator alike
+TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces (RFC 6750 b64token and more)
+
+
+def _ops_token(text: str) -> str:
+    """Empty (no token), or a bearer token as long and as printable as a publish token."""
+    token = text.strip()
+    if token and (len(token) < MIN_TOKEN_LENGTH or not TOKEN_RE.match(token)):
+        # Not quoted: it is a secret, however weak.
+        raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} printable characters without spaces "
+                         "(e.g. `openssl rand -hex 24`), like a publish token")
+    return token
 
 
 def _log_level(text: str) -> str:
@@ -413,8 +510,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("AUTH_TOKENS", "auth_tokens", "", _text,
            "The same token lines inline, separated by `;` or newlines; meant for `GATEWAY_AUTH_TOKENS` "
            "from a Kubernetes Secret.", secret=True),
-    Option("OPS_TOKEN", "ops_token", "", _text,
-           "Bearer token required on `/metrics` and `/pools` (empty: they are open).", secret=True),
+    Option("OPS_TOKEN", "ops_token", "", _ops_token,
+           "Bearer token required on `/metrics` and `/pools` (empty: they are open); at least 16 "
+           "printable characters, like a publish token.", secret=True),
     Option("OPS_TOKEN_HEALTH", "ops_token_health", "false", parse_bool,
            "Require `OPS_TOKEN` on `/healthz` and `/readyz` too (then the probes must send it)."),
 )
@@ -475,6 +573,9 @@ class Settings:
     auth_tokens: str = field(default="", repr=False)
     ops_token: str = field(default="", repr=False)
     ops_token_health: bool = False
+    # AUTH_TOKENS_FILE's text as read when the config was validated (app.check_config):
+    # forked workers use it rather than read the file again.
+    auth_tokens_file_text: str | None = field(default=None, repr=False)
 
     @property
     def min_size(self) -> int:
@@ -545,13 +646,16 @@ def parse_lines(lines: Iterable[str], source: str) -> tuple[ScalarLines, Connect
             conn_id = parts[1]
             if conn_id in connections:
                 first = connections[conn_id][1]
-                raise ConfigError(f"connection id {conn_id!r} is defined twice (first on line {first})",
+                raise ConfigError(f"RMQ_CONN_STR: connection id defined twice (first on line {first})",
                                   source, number)
             connections[conn_id] = (parts[2:], number)
             continue
         option = _BY_KEY.get(key)
         if option is None:
-            raise ConfigError(f"unknown key {parts[0]!r}", source, number)
+            # Not quoted: a line's first field is a password's tail when a
+            # line break cut it; the closest key is shown instead.
+            close = difflib.get_close_matches(key, _BY_KEY, n=1)
+            raise ConfigError(f"unknown key{f' (did you mean {close[0]}?)' if close else ''}", source, number)
         if len(parts) != 2:
             raise ConfigError(f"{key} takes exactly one value", source, number)
         scalars[option.key] = (parts[1], number)
@@ -567,6 +671,20 @@ def read_text_file(path: str, what: str = "config file") -> str:
         raise ConfigError(f"{what} not found", path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what}: {exc.__class__.__name__}", path) from None
+
+
+_adopted: Settings | None = None
+
+
+def adopt(settings: Settings | None) -> None:
+    """Make :func:`current_settings` return these (a worker, given what its master validated)."""
+    global _adopted
+    _adopted = settings
+
+
+def current_settings() -> Settings:
+    """The settings adopted from the gunicorn master, else read from the file and environment now."""
+    return _adopted if _adopted is not None else load_settings()
 
 
 def load_settings(path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -617,7 +735,7 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
         try:
             specs[conn_id] = parse_connection(conn_id, parts)
         except ValueError as exc:
-            raise ConfigError(str(exc), source, number) from None
+            raise ConfigError(f"RMQ_CONN_STR: {exc}", source, number) from None
 
     for name, raw in sorted((environ or {}).items()):
         if not name.startswith(ENV_PREFIX) or name[len(ENV_PREFIX):] in ENV_NOT_KEYS:

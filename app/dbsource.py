@@ -76,9 +76,9 @@ def specs_from_rows(rows: Iterable[Row]) -> tuple[list[ConnectionSpec], dict[str
         try:
             specs.append(parse_connection(conn_id, urls))
         except ValueError as exc:
-            # The parser's messages quote only what follows the "@" (port,
-            # scheme, option names), never the password before it; the log
-            # redactor and status() mask the row's passwords all the same.
+            # The parser's messages quote no part of an address (a password
+            # may be anywhere in it); the log redactor and status() mask the
+            # row's passwords all the same.
             skipped[conn_id] = str(exc)
     return specs, skipped
 

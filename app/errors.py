@@ -22,6 +22,7 @@
         ├── PublishNacked        503 nacked
         ├── ConfirmTimeout       503 confirm_timeout
         ├── ConnectionLost       503 connection_lost
+        ├── ShuttingDown         503 shutting_down      (the worker is closing its connections)
         └── WorkerLost           503 worker_lost        (ZeroMQ: the worker died holding it)
 
 ``ConnectionLost`` is also what the AMQP layer raises inside the gateway when a
@@ -147,6 +148,12 @@ class ConfirmTimeout(Unavailable):
 
 class ConnectionLost(Unavailable):
     code = "connection_lost"
+
+
+class ShuttingDown(Unavailable):
+    # The worker is stopping: the id is configured, another worker (or this
+    # one's successor) will take it. Nothing was sent.
+    code = "shutting_down"
 
 
 class WorkerLost(Unavailable):

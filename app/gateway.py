@@ -34,6 +34,7 @@ from app.errors import (
     ConnectionLost,
     GatewayError,
     PoolTimeout,
+    ShuttingDown,
     Unavailable,
     UnknownConnection,
 )
@@ -236,8 +237,8 @@ class Route:
                         outcomes[index] = outcome
                 if retry:
                     retrying = True
-                    log.warning("connection lost under %d publish(es) on %s; retrying", len(retry), pool.name,
-                                extra={"event": "publish_retry", "conn_id": self.conn_id, "role": pool.role})
+                    log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(retry), pool.name,
+                                conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
                     pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
                 else:
@@ -285,6 +286,7 @@ class Gateway:
         self.settings = settings
         self.routes: dict[str, Route] = {}
         self.started = False
+        self.closing = False  # worker exit: routes stay known, publishes are refused with a 503
         self.extra_status: dict[str, Any] = {}  # e.g. the config source's state
 
     def start(self, specs: Sequence[ConnectionSpec] | None = None) -> None:
@@ -355,6 +357,10 @@ class Gateway:
         route = self.routes.get(conn_id)
         if route is None:
             raise UnknownConnection(f"connection id {conn_id!r} is not configured")
+        if self.closing:
+            # Keep-alive requests still arrive while the worker closes: a
+            # configured id is never "unknown", only not served here any more.
+            raise ShuttingDown("this worker is shutting down; retry (another worker takes it)")
         return route
 
     def publish(self, conn_id: str, queue: str, body: bytes) -> None:
@@ -371,8 +377,8 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """Every connection id has a reachable broker."""
-        return bool(self.routes) and all(route.ready for route in self.routes.values())
+        """Every connection id has a reachable broker (and the worker is not shutting down)."""
+        return not self.closing and bool(self.routes) and all(route.ready for route in self.routes.values())
 
     def readiness(self) -> dict[str, Any]:
         """JSON-able state of every id, for /readyz."""
@@ -383,6 +389,7 @@ class Gateway:
         }
 
     def close(self, timeout: float = 2.0) -> None:
-        """Close every route's connections cleanly (worker exit)."""
-        routes, self.routes = list(self.routes.values()), {}
+        """Close every route's connections cleanly (worker exit); the ids stay known, answered 503."""
+        self.closing = True
+        routes = list(self.routes.values())
         gevent.joinall([gevent.spawn(route.close, timeout) for route in routes], timeout=timeout + 1)

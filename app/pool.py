@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,7 +39,14 @@ from gevent.event import AsyncResult, Event
 from app import metrics
 from app.broker import BrokerConnection
 from app.config import BrokerAddress, Servers, Settings
-from app.errors import BrokerBlocked, BrokerUnavailable, ConnectionLost, GatewayError, PoolTimeout
+from app.errors import (
+    BrokerBlocked,
+    BrokerUnavailable,
+    ConnectionLost,
+    GatewayError,
+    PoolTimeout,
+    describe_exception,
+)
 from app.health import BrokerHealth
 from app.servers import ServerSet
 
@@ -100,9 +107,9 @@ class ConnectionPool:
         gevent.killall(self._greenlets, block=True, timeout=timeout)
         while self._waiters:
             self._waiters.popleft().set(None)
-        closing = [gevent.spawn(conn.close, timeout) for conn in self._idle]
+        closing = [self._spawn_close(conn, timeout=timeout) for conn in self._idle]
         if self._checker is not None:
-            closing.append(gevent.spawn(self._checker.close, timeout))
+            closing.append(self._spawn_close(self._checker, timeout=timeout))
             self._checker = None
         self._idle.clear()
         self._members.clear()
@@ -181,7 +188,7 @@ class ConnectionPool:
         """Take a connection back: reuse it, or close it if failed, expired or overflow."""
         self._in_use -= 1
         if self._closed:
-            gevent.spawn(conn.close)
+            self._spawn_close(conn)
         elif not conn.usable:
             self._discard(conn, conn.lost_reason or "confirm timed out")
         elif time.monotonic() >= self._expiry.get(conn, float("inf")):
@@ -221,9 +228,9 @@ class ConnectionPool:
         self._members.discard(conn)
         self._blocked.discard(conn)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
-        log.info("discarding connection %s: %s", conn.name, reason,
-                 extra={"event": "connection_discarded", "conn_id": self.conn_id, "role": self.role})
-        gevent.spawn(conn.abort if conn.suspect else conn.close)
+        log.info("discarding connection %s to %s: %s", conn.name, conn.address.display, reason,
+                 extra={"event": "connection_discarded", **conn.log_fields})
+        self._spawn_close(conn, abort=conn.suspect)
         self._wanted.set()
 
     def _retire(self, conn: BrokerConnection, reason: str) -> None:
@@ -232,10 +239,24 @@ class ConnectionPool:
         self._blocked.discard(conn)
         conn.suspect = True  # keep it out of use while it closes
         metrics.CONNECTION_EVENTS.labels(*self._labels, "recycled").inc()
-        log.debug("closing connection %s: %s", conn.name, reason,
-                  extra={"event": "connection_recycled", "conn_id": self.conn_id, "role": self.role})
-        gevent.spawn(conn.close)
+        log.debug("closing connection %s to %s: %s", conn.name, conn.address.display, reason,
+                  extra={"event": "connection_recycled", **conn.log_fields})
+        self._spawn_close(conn)
         self._wanted.set()
+
+    def _spawn_close(self, conn: BrokerConnection, abort: bool = False, timeout: float = 2.0) -> gevent.Greenlet:
+        """Close (or abort) a connection in a greenlet of its own that no error can kill."""
+        return gevent.spawn(self._guarded, "closing a connection", conn.abort if abort else conn.close,
+                            *(() if abort else (timeout,)))
+
+    def _guarded(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``, logging an error nobody expected instead of dying of it (then None)."""
+        try:
+            return call(*args)
+        except Exception as exc:
+            log.error("unexpected error %s on %s: %s", what, self.name, describe_exception(exc), exc_info=True,
+                      extra={"event": "pool_internal_error", "conn_id": self.conn_id, "role": self.role})
+            return None
 
     # -- opening -----------------------------------------------------------------
 
@@ -247,16 +268,27 @@ class ConnectionPool:
         self._update_gauges()
         try:
             conn = BrokerConnection.open(server, self.settings, f"gateway {self.name} #{self._opened}", timeout)
-        except ConnectionLost as exc:
+        except Exception as exc:
+            # ConnectionLost is the broker's answer; anything else (a TLS file
+            # gone since the config was checked, a bug) fails this connect
+            # all the same, never the filler or the health check.
+            if isinstance(exc, ConnectionLost):
+                detail = exc.detail
+            else:
+                detail = f"{server.display}: unexpected error: {describe_exception(exc)}"
+                log.error("unexpected error connecting to %s: %s", self.name, detail, exc_info=True,
+                          extra={"event": "pool_internal_error", **self._fields(server)})
             metrics.CONNECTION_EVENTS.labels(*self._labels, "failed").inc()
             self.servers.failed(server)
             was_down = self.health.is_down
             # With other servers still free to try, one refusing is not the role failing.
             if self.servers.all_quarantined():
-                self.health.record_failure(exc.detail)
+                self.health.record_failure(detail)
+            if server.display not in detail:
+                detail = f"{server.display}: {detail}"
             (log.debug if was_down else log.warning)(
-                "cannot connect to %s: %s", self.name, exc.detail,
-                extra={"event": "connect_failed", "conn_id": self.conn_id, "role": self.role})
+                "cannot connect to %s: %s", self.name, detail,
+                extra={"event": "connect_failed", **self._fields(server)})
             return None
         finally:
             self._connecting -= 1
@@ -265,13 +297,17 @@ class ConnectionPool:
         self._members.add(conn)
         conn.on_lost = self._on_connection_lost
         conn.on_blocked = self._on_connection_blocked
-        conn.log_fields = {"conn_id": self.conn_id, "role": self.role}
+        conn.log_fields = self._fields(server)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
         if self.settings.max_age > 0:
             # Jitter, so a pool's connections do not all reconnect together.
             self._expiry[conn] = time.monotonic() + self.settings.max_age * random.uniform(0.8, 1.0)
         self.health.record_connected()
         return conn
+
+    def _fields(self, server: BrokerAddress) -> dict[str, str]:
+        """The log fields of an event on one connection: id, role and server (its display: no password)."""
+        return {"conn_id": self.conn_id, "role": self.role, "server": server.display}
 
     def _fill_loop(self) -> None:
         backoff = _BACKOFF_START
@@ -280,14 +316,14 @@ class ConnectionPool:
                 self._wanted.clear()
                 self._wanted.wait()
                 continue
-            conn = self._open()
+            conn: BrokerConnection | None = self._guarded("filling the pool", self._open)
             if conn is None:
                 gevent.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, self.settings.reconnect_backoff_max)
                 continue
             backoff = _BACKOFF_START
             if self._closed:
-                conn.close()
+                self._spawn_close(conn)
                 break
             self._put(conn)
             self._update_gauges()
@@ -302,6 +338,8 @@ class ConnectionPool:
             self._idle.remove(conn)
             self._expiry.pop(conn, None)
             metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
+            log.info("idle connection %s to %s lost: %s", conn.name, conn.address.display, reason,
+                     extra={"event": "connection_lost", **conn.log_fields})
             self._update_gauges()
         self._wanted.set()
 
@@ -324,9 +362,9 @@ class ConnectionPool:
             # A steady cadence: a check that timed out is followed by the next at once.
             gevent.sleep(max(next_check - time.monotonic(), 0))
             next_check = time.monotonic() + interval
-            self._probe_health(timeout=max(interval, 0.2))
+            self._guarded("checking health", self._probe_health, max(interval, 0.2))
             if time.monotonic() >= next_sweep:
-                self._sweep_idle()
+                self._guarded("sweeping idle connections", self._sweep_idle)
                 next_sweep = time.monotonic() + self.settings.keepalive_interval
             if rebalance_every and time.monotonic() >= next_rebalance:
                 self._rebalance_step()
@@ -339,15 +377,21 @@ class ConnectionPool:
         try:
             if conn is None or not conn.usable:
                 if conn is not None:
-                    gevent.spawn(conn.abort)
+                    self._spawn_close(conn, abort=True)
                 self._checker = conn = None
                 server = self.servers.pick()
                 conn = BrokerConnection.open(server, self.settings, f"gateway {self.name} health",
                                              timeout=min(self.settings.connect_timeout, timeout))
                 self._checker = conn
             conn.probe(timeout)
-        except ConnectionLost as exc:
-            self.health.record_failure(f"health check failed: {exc.detail}")
+        except Exception as exc:
+            detail = exc.detail if isinstance(exc, ConnectionLost) else f"unexpected error: {describe_exception(exc)}"
+            if not isinstance(exc, ConnectionLost):
+                log.error("unexpected error in the health check of %s: %s", self.name, detail, exc_info=True,
+                          extra={"event": "pool_internal_error", "conn_id": self.conn_id, "role": self.role})
+                if conn is not None:
+                    conn.suspect = True  # state unknown: the next check opens a new one
+            self.health.record_failure(f"health check failed: {detail}")
         else:
             self.health.record_probe_ok()
 
@@ -374,6 +418,10 @@ class ConnectionPool:
                     conn.probe(self.settings.connect_timeout)
                 except ConnectionLost as exc:
                     self.health.record_failure(f"keepalive failed: {exc.detail}")
+                except Exception:
+                    conn.suspect = True  # state unknown: discarded below, never lent again
+                    self._give_back_cold(conn)
+                    raise  # logged by the keepalive loop's guard
             self._give_back_cold(conn)
         self._update_gauges()
 
@@ -417,7 +465,7 @@ class ConnectionPool:
     def _give_back_cold(self, conn: BrokerConnection) -> None:
         self._in_use -= 1
         if self._closed:
-            gevent.spawn(conn.close)
+            self._spawn_close(conn)
         elif not conn.usable:
             self._discard(conn, conn.lost_reason or "probe failed")
         elif self._waiters:

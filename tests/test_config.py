@@ -204,3 +204,17 @@ def test_missing_secrets_directory_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the secrets directory") as info:
         load_settings(str(cfg), {"GATEWAY_SECRETS_DIR": str(tmp_path / "absent")})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("server, hint", [
+    ("user:ab,SECRETPW@127.0.0.1:5672/advvh", "%2C"),  # seed form, ',' in the password
+    ("amqp://user:pa?SECRETPW@127.0.0.1:5672/advvh", "%3F"),  # URI, unencoded '?'
+    ("amqp://user:12#SECRETPW@127.0.0.1:5672/advvh", "%23"),  # URI, '#': was silently misparsed
+    ("amqp://user:pa/SECRETPW@127.0.0.1:5672/advvh", "%2F"),
+    ("user:12;SECRETPW@127.0.0.1:5672/advvh", "%3B"),
+])
+def test_a_password_cut_by_a_delimiter_is_an_error_that_says_how_to_write_it(server, hint):
+    with pytest.raises(ConfigError) as info:
+        settings_from_text(f"RMQ_CONN_STR,a,{server}", "pool.cfg", {})
+    message = str(info.value)
+    assert hint in message and "SECR" not in message and "ab," not in message, message

@@ -196,7 +196,7 @@ def test_bad_config_fails_start_with_one_line(tmp_path):
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if "config error" in line]
-    assert errors == [f"gateway: config error: {bad}:2: connection id 'a': primary: invalid port 'notaport'"]
+    assert errors == [f"gateway: config error: {bad}:2: RMQ_CONN_STR: primary: invalid port (a number from 1 to 65535)"]
     assert "Traceback" not in done.stderr and "SuperSecret99" not in done.stderr + done.stdout
     assert "Booting worker" not in done.stderr
 

@@ -109,3 +109,42 @@ def test_close_closes_everything_cleanly(rabbit):
     pool.close()
     assert all(c._closed.is_set() and c.lost_reason for c in conns)
     assert pool.open_count == 0
+
+
+def test_every_connection_event_names_its_server(start_gateway, rabbit, proxy):
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler, logger = Keep(logging.DEBUG), logging.getLogger("app")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)  # (setLevel, not .level: it clears the loggers' cached decisions)
+    try:
+        queue = rabbit.queue()
+        gw = start_gateway(make_settings({"a": broker(proxy.port), "d": "app:Pw0rdZ@127.0.0.1:1/vh"},
+                                         "CONNECTION_MAX_AGE,1\nKEEPALIVE_INTERVAL,0.2"))
+        pool = gw.route("a").pools[0]
+        wait_until(lambda: pool.open_count == 3, 5)
+        held = pool.acquire(1)
+        proxy.cut()  # the idle connections are lost, the one lent out is discarded on return
+        gevent.sleep(0.3)
+        pool.release(held)
+        wait_until(lambda: pool.open_count == 3, 5)
+        gw.publish("a", queue, b"x")
+        gevent.sleep(1.5)  # recycled past max age
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    events = {"connect_failed", "connection_discarded", "connection_recycled", "connection_lost"}
+    seen = [r for r in records if getattr(r, "event", None) in events]
+    assert {r.event for r in seen} == events, {r.event for r in seen}  # type: ignore[attr-defined]
+    for record in seen:
+        server = getattr(record, "server", "")
+        assert server.startswith("amqp://") and "127.0.0.1:" in server, (record.event, record.__dict__)
+        assert server in record.getMessage()
+        assert "Pw0rdZ" not in server + record.getMessage()

@@ -6,6 +6,8 @@ Runs as greenlets in the (gevent-patched) test process. Modes:
 * ``blackhole()``: keep sockets open but forward nothing, answer nothing
   (a stalled broker or a dropped network: only timeouts notice);
 * ``refuse()``: close the listener so new connections are refused, and cut;
+* ``reset_on_accept()``: accept each new connection and reset it at once
+  (a broker process that is up but dying, or a load balancer with no backend);
 * ``delay(seconds)``: add latency to every chunk forwarded;
 * ``restore()``: back to passing traffic.
 """
@@ -32,6 +34,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.mode = "pass"
         self.latency = 0.0
+        self.reset_after = 0
         self.pairs: list[tuple[socket.socket, socket.socket | None]] = []
         self.accepted = 0
         self._server = StreamServer(("127.0.0.1", port), self._handle)
@@ -60,6 +63,12 @@ class TcpProxy:
     def mute(self) -> None:
         """Pass what clients send, drop every answer: the broker takes a publish, its confirm never comes."""
         self.mode = "mute"
+
+    def reset_on_accept(self, after_bytes: int = 0) -> None:
+        """Reset each new connection at once, or once the client sent ``after_bytes``."""
+        self.mode = "reset"
+        self.reset_after = after_bytes
+        self.cut()
 
     def refuse(self) -> None:
         self.mode = "refuse"
@@ -90,6 +99,18 @@ class TcpProxy:
 
     def _handle(self, client: socket.socket, _address: object) -> None:
         self.accepted += 1
+        if self.mode == "reset":
+            got = 0
+            while got < self.reset_after:
+                try:
+                    chunk = client.recv(self.reset_after - got)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                got += len(chunk)
+            _reset(client)
+            return
         if self.mode == "blackhole":
             self.pairs.append((client, None))
             self._swallow(client)

@@ -44,24 +44,29 @@ class GatewayProcess:
     """gunicorn with the gateway, on a free port, its log kept in ``log_path``."""
 
     def __init__(self, tmp_path: Path, cfg_text: str, workers: int = 2, env: dict[str, str] | None = None,
-                 python: str = sys.executable, cwd: Path = REPO):
+                 python: str = sys.executable, cwd: Path = REPO, split_stderr: bool = False):
         self.python = python  # another venv's interpreter runs the gateway as installed there
         self.cwd = cwd  # where gunicorn.conf.py is
         self.port = free_port()
         self.cfg = tmp_path / "pool.cfg"
         self.cfg.write_text(cfg_text)
         self.log_path = tmp_path / "gunicorn.log"
+        # Apart from stdout (``stderr_text()``), or merged into the log.
+        self.stderr_path = tmp_path / "gunicorn.stderr" if split_stderr else None
         self.workers = workers
         self.env = {**os.environ, "GATEWAY_CONFIG": str(self.cfg), **(env or {})}
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True, timeout: float = 30) -> GatewayProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the process's lifetime
+        stderr = open(self.stderr_path, "wb") if self.stderr_path else subprocess.STDOUT  # noqa: SIM115
         self.proc = subprocess.Popen(
             [self.python, "-m", "gunicorn", "-c", "gunicorn.conf.py",
              "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)],
-            cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=self.cwd, env=self.env, stdout=self._log, stderr=stderr,
         )
+        if self.stderr_path:
+            stderr.close()  # type: ignore[union-attr]  # the child has its own copy
         self.wait_for("/healthz", timeout)
         if wait_ready:
             self.wait_for("/readyz", timeout)
@@ -113,6 +118,11 @@ class GatewayProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stderr_text(self) -> str:
+        """What went to stderr (with ``split_stderr``; else it is in ``logs()``)."""
+        path = self.stderr_path
+        return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
     def events(self, name: str) -> list[dict]:
         """The JSON log records of one event, in order."""
