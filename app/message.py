@@ -34,7 +34,7 @@ def parse_body(data: bytes) -> PublishRequest:
         conn_id = raw_id.decode("ascii")
     except UnicodeDecodeError:
         conn_id = ""
-    if not CONN_ID_RE.match(conn_id):
+    if not CONN_ID_RE.fullmatch(conn_id):
         raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
     if not raw_queue:
         raise InvalidQueue("the queue name is empty")

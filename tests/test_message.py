@@ -28,6 +28,8 @@ def test_valid_bodies(body, expected):
     (b"bad id|q|m", InvalidConnectionId),
     (b"a" * 65 + b"|q|m", InvalidConnectionId),
     (b"\xff|q|m", InvalidConnectionId),
+    (b"t\n|q|m", InvalidConnectionId),  # a regex "$" matches before a final newline: fullmatch
+    (b"a\r\n|q|m", InvalidConnectionId),
     (b"a||m", InvalidQueue),
     (b"a|" + b"q" * 256 + b"|m", InvalidQueue),
     (b"a|\xff\xfe|m", InvalidQueue),
