@@ -219,7 +219,8 @@ class ConnectionPool:
         self._blocked.discard(conn)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "lost").inc()
         log.info("discarding connection %s: %s", conn.name, reason,
-                 extra={"event": "connection_discarded", "conn_id": self.conn_id, "role": self.role})
+                 extra={"event": "connection_discarded", "conn_id": self.conn_id, "role": self.role,
+                        "broker": conn.address.display})
         gevent.spawn(conn.abort if conn.suspect else conn.close)
         self._wanted.set()
 
@@ -252,7 +253,8 @@ class ConnectionPool:
                 self.health.record_failure(exc.detail)
             (log.debug if was_down else log.warning)(
                 "cannot connect to %s: %s", self.name, exc.detail,
-                extra={"event": "connect_failed", "conn_id": self.conn_id, "role": self.role})
+                extra={"event": "connect_failed", "conn_id": self.conn_id, "role": self.role,
+                       "broker": server.display})
             return None
         finally:
             self._connecting -= 1
