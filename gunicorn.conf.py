@@ -27,12 +27,18 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 wsgi_app = "app.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = "gevent"
-worker_connections = 1000
+# gunicorn's gevent worker, which at worker_connections sheds connections that
+# have not delivered a complete request (idle keep-alive, slow headers or body)
+# instead of leaving new ones, health probes included, in the backlog (app/worker.py).
+worker_class = "app.worker.GatewayWorker"
+worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "1000"))
 preload_app = False  # each worker builds its own pools after fork
 timeout = 30
 graceful_timeout = 20  # SIGTERM: requests in flight get this long to be answered
-keepalive = 5
+# Seconds a client connection may wait for its next request and take to send
+# its headers (gunicorn bounds both with one timer); the body then has
+# CLIENT_BODY_TIMEOUT (app/config.py).
+keepalive = int(os.environ.get("GATEWAY_KEEPALIVE", "5"))
 # gunicorn-h1c's C parser (pinned in pyproject.toml) when it is installed, else
 # gunicorn's Python parser: the same requests, ~100 µs less CPU each.
 http_parser = "auto"

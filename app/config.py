@@ -23,8 +23,8 @@ from typing import Any
 DEFAULT_CONFIG_PATH = "config/pool.cfg"
 ENV_PREFIX = "GATEWAY_"
 # GATEWAY_* variables that are not config keys: read by gunicorn.conf.py or here.
-ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR"}
-CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR", "WORKER_CONNECTIONS", "KEEPALIVE"}
+CONN_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # use fullmatch: "$" matches before a final newline
 REDACTED = "***"
 
 
@@ -200,7 +200,7 @@ def parse_servers(text: str) -> Servers:
 
 def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
     """Build a :class:`ConnectionSpec` from ``id`` and ``primary[,backup]``."""
-    if not CONN_ID_RE.match(conn_id):
+    if not CONN_ID_RE.fullmatch(conn_id):
         raise ValueError(f"invalid connection id {conn_id!r} (1-64 of A-Z a-z 0-9 _ . -)")
     values = [v.strip() for v in values]
     if not values or not values[0]:
@@ -264,7 +264,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 # libzmq's limit for an ipc:// path (sockaddr_un.sun_path, less the NUL).
 _IPC_PATH_MAX = 107
-_Z85 = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+_Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
 def _zmq_address(text: str) -> str:
@@ -291,7 +291,7 @@ def _z85_keys(text: str) -> tuple[str, ...]:
     """Space-separated 40-character Z85 CURVE public keys."""
     keys = tuple(text.split())
     for key in keys:
-        if not _Z85.match(key):
+        if not _Z85.fullmatch(key):
             raise ValueError(f"not a 40-character Z85 public key: {key[:12]!r}...")
     return keys
 
@@ -390,6 +390,9 @@ OPTIONS: tuple[Option, ...] = (
            "Retries per second always allowed, whatever the ratio."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
+    Option("CLIENT_BODY_TIMEOUT", "client_body_timeout", "10", _number(float, 0.1, 3600.0),
+           "Seconds a client has to send a request body once its headers are in; then `408` and the connection "
+           "is closed, nothing published (headers: gunicorn's `keepalive`, `GATEWAY_KEEPALIVE`)."),
     Option("BATCH_MAX_MESSAGES", "batch_max_messages", "1000", _number(int, 1, 100000),
            "Most messages in one `POST /publish/batch`."),
     Option("BATCH_MAX_SIZE", "batch_max_size", "16777216", _number(int, 1, 1024 * 1024 * 1024),
@@ -460,6 +463,7 @@ class Settings:
     retry_budget_ratio: float = 0.2
     retry_budget_min: float = 10.0
     max_body_size: int = 1048576
+    client_body_timeout: float = 10.0
     batch_max_messages: int = 1000
     batch_max_size: int = 16777216
     mandatory: bool = True

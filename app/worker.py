@@ -1,0 +1,94 @@
+"""gunicorn's gevent worker, with a connection limit that sheds waiting clients instead of queueing new ones.
+
+gunicorn's gevent worker serves at most ``worker_connections`` connections; at
+the limit it stops accepting, and every new connection waits in the listen
+backlog, ``/healthz`` probes included: 5,000 idle keep-alive connections made
+the probes take seconds. This subclass keeps the limit but, when a new
+connection arrives with fewer than ``headroom`` slots free, sheds the oldest
+connections that have not delivered a complete request (:mod:`app.client_guard`):
+idle keep-alive connections and slow headers are closed, a body still arriving
+is answered ``503 overloaded``. So a well-behaved client is accepted at once,
+and served, while an attacker holds thousands of idle or trickling connections.
+
+It also honours an application's ``Connection: close``: gunicorn drops that
+header as hop-by-hop and keeps the connection open, but after a body that was
+cut short, malformed or left unread the rest of the connection cannot be
+trusted (``app.errors``: ``closes``).
+
+Only gunicorn's worker extension points are used: ``handle()`` (one call per
+accepted connection), ``timeout_ctx()`` (the context in which the worker
+waits for the next request's headers, bounded by ``keepalive``) and
+``load_wsgi()``; and ``force_close()`` of the response whose ``start_response``
+the application calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+from app.client_guard import PENDING
+
+HEADROOM_RATIO = 0.1  # slots kept free for new connections, of worker_connections
+
+
+class _Shed(Exception):
+    """Raised in a greenlet waiting for its next request: close the connection, answer nothing."""
+
+
+class GatewayWorker(GeventWorker):
+    """The gevent worker; sheds idle and slow clients when near ``worker_connections``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.open_connections = 0
+        self.soft_limit = max(1, self.worker_connections - max(1, int(self.worker_connections * HEADROOM_RATIO)))
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        """Serve one connection; first make room if the worker is near its limit."""
+        self.open_connections += 1
+        try:
+            over = self.open_connections - self.soft_limit
+            if over > 0:
+                PENDING.shed(over)
+            super().handle(listener, client, addr)
+        finally:
+            self.open_connections -= 1
+
+    def load_wsgi(self) -> None:
+        """Load the app, wrapped so that its ``Connection: close`` closes the connection."""
+        super().load_wsgi()
+        app: WSGIApp = self.wsgi  # type: ignore[has-type]  # set by gunicorn's load_wsgi
+        self.wsgi = _honour_connection_close(app)
+
+    @contextmanager
+    def timeout_ctx(self) -> Iterator[None]:
+        """Wait for the next request's headers at most ``keepalive`` seconds, sheddable meanwhile."""
+        # gunicorn's own: gevent.Timeout(keepalive, False), which ends the wait
+        # quietly (no request: the connection is closed). Shedding ends it alike.
+        try:
+            with PENDING.waiting(_Shed()), gevent.Timeout(self.cfg.keepalive, False):
+                yield
+        except _Shed:
+            pass
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _honour_connection_close(app: WSGIApp) -> WSGIApp:
+    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def close_aware(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if any(name.lower() == "connection" and value.lower() == "close" for name, value in headers):
+                response = getattr(start_response, "__self__", None)  # gunicorn's Response
+                if response is not None and hasattr(response, "force_close"):
+                    response.force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, close_aware)
+
+    return wrapped
