@@ -63,7 +63,7 @@ class GatewayWorker(GeventWorker):
         """Load the app, wrapped so that its ``Connection: close`` closes the connection."""
         super().load_wsgi()
         app: WSGIApp = self.wsgi  # type: ignore[has-type]  # set by gunicorn's load_wsgi
-        self.wsgi = _honour_connection_close(app)
+        self.wsgi = _HonourConnectionClose(app)
 
     @contextmanager
     def timeout_ctx(self) -> Iterator[None]:
@@ -80,8 +80,20 @@ class GatewayWorker(GeventWorker):
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def _honour_connection_close(app: WSGIApp) -> WSGIApp:
-    def wrapped(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+class _HonourConnectionClose:
+    """The WSGI app, whose ``Connection: close`` makes gunicorn close the connection.
+
+    Everything else is the app's own (the hooks reach the Flask app through
+    ``worker.wsgi``: ``worker.wsgi.extensions`` keeps working).
+    """
+
+    def __init__(self, app: WSGIApp):
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         def close_aware(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if any(name.lower() == "connection" and value.lower() == "close" for name, value in headers):
                 response = getattr(start_response, "__self__", None)  # gunicorn's Response
@@ -89,6 +101,4 @@ def _honour_connection_close(app: WSGIApp) -> WSGIApp:
                     response.force_close()
             return start_response(status, headers, exc_info)
 
-        return app(environ, close_aware)
-
-    return wrapped
+        return self.app(environ, close_aware)
