@@ -93,6 +93,17 @@ def connection_parameters(address: BrokerAddress, settings: Settings, name: str)
     )
 
 
+CONNECTION_FORCED = 320  # the broker shuts down, or an operator closed the connection: nobody's message
+
+
+def _refused_code(reason: BaseException) -> int | None:
+    """The reply code when the broker itself closed the connection or channel over what it was sent."""
+    if isinstance(reason, (pika.exceptions.ConnectionClosedByBroker, pika.exceptions.ChannelClosedByBroker)):
+        code = int(reason.reply_code)
+        return None if code == CONNECTION_FORCED else code
+    return None
+
+
 class _Batch:
     """The outcomes of one publish_batch call and the event that says all are in."""
 
@@ -273,22 +284,22 @@ class BrokerConnection:
 
     def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
         # The one channel is the connection's purpose: without it, retire the connection.
-        self._mark_lost(f"channel closed: {describe_exception(reason)}")
+        self._mark_lost(f"channel closed: {describe_exception(reason)}", _refused_code(reason))
         if self._conn is not None and self._conn.is_open:
             self._conn.close()
 
     def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
-        self._mark_lost(describe_exception(reason))
+        self._mark_lost(describe_exception(reason), _refused_code(reason))
         self._closed.set()
 
-    def _mark_lost(self, reason: str) -> None:
+    def _mark_lost(self, reason: str, refused_code: int | None = None) -> None:
         if self.lost_reason is None:
             self.lost_reason = reason
             if self.on_lost is not None and not self.closing:
                 self.on_lost(self, reason)
         pending, self._pending = self._pending, OrderedDict()
         for entry in pending.values():
-            entry.batch.settle(entry.index, ConnectionLost(f"{self.name}: {reason}"))
+            entry.batch.settle(entry.index, ConnectionLost(f"{self.name}: {reason}", refused_code))
 
     # -- use -----------------------------------------------------------------
 

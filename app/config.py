@@ -379,6 +379,9 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a publish waits for a pooled connection before opening an overflow one."),
     Option("POOL_IDLE_TIMEOUT", "pool_idle_timeout", "300", _number(float, 0.0),
            "Seconds an idle connection above `POOL_MIN_SIZE` is kept before it is closed (0: never)."),
+    Option("POOL_OPEN_RATE", "pool_open_rate", "10", _number(float, 0.1, 10000.0),
+           "Connections a second one pool may open after a burst of pool size + overflow, whatever kills them "
+           "(a broker closing them over a message, a flapping network)."),
     Option("SERVER_SELECTION", "server_selection", "round_robin", _choice("round_robin", "random"),
            "How a role with several servers (`a;b;c`) spreads its connections: round_robin or random."),
     Option("SERVER_QUARANTINE", "server_quarantine", "5", _number(float, 0.0, 3600.0),
@@ -458,6 +461,7 @@ class Settings:
     pool_max_overflow: int = 2
     pool_overflow_wait: float = 0.1
     pool_idle_timeout: float = 300.0
+    pool_open_rate: float = 10.0
     server_selection: str = "round_robin"
     server_quarantine: float = 5.0
     retry_budget_ratio: float = 0.2

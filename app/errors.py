@@ -195,7 +195,18 @@ class ConfirmTimeout(Unavailable):
 
 
 class ConnectionLost(Unavailable):
+    """The connection died under the message; ``refused_code`` is set when the broker closed it (AMQP close).
+
+    A broker that closes the connection or the channel itself (any reply code
+    but 320 CONNECTION_FORCED, a shutdown or an operator) did so over something
+    it was sent: one of the messages in flight is the culprit (app.gateway isolates it).
+    """
+
     code = "connection_lost"
+
+    def __init__(self, detail: str = "", refused_code: int | None = None):
+        super().__init__(detail)
+        self.refused_code = refused_code
 
 
 class Overloaded(Unavailable):

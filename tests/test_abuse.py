@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -24,7 +25,7 @@ BROKER = f"guest:guest@127.0.0.1:{AMQP_PORT}/"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, rabbit_available):
     cfg = FAST + f"\nCLIENT_BODY_TIMEOUT,2\nRMQ_CONN_STR,a,{BROKER}\nRMQ_CONN_STR,dead,guest:s3cret@127.0.0.1:1/vh\n"
-    proc = GatewayProcess(tmp_path_factory.mktemp("abuse"), cfg).start(wait_ready=False)
+    proc = GatewayProcess(tmp_path_factory.mktemp("abuse"), cfg, env={"GATEWAY_KEEPALIVE": "2"}).start(wait_ready=False)
     proc.wait_active("a")
     yield proc
     proc.stop()
@@ -149,3 +150,45 @@ def test_error_details_name_the_id_and_role_not_the_broker_address(gateway):
     failed = [e for e in gateway.events("connect_failed") if e.get("conn_id") == "dead"]
     assert failed and failed[0]["broker"].endswith("@127.0.0.1:1/vh")
     assert "s3cret" not in gateway.logs()
+
+
+def trickle(port: int, head: bytes, drip: bytes, every: float = 0.25, limit: float = 10) -> tuple[bytes, float]:
+    """Send ``head``, then ``drip`` one byte at a time; what the server answered and when it closed."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=limit) as sock:
+        sock.sendall(head)
+        sock.settimeout(every)
+        out = b""
+        for byte in drip:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break  # closed by the server
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            out += chunk
+            if not chunk:
+                break
+        else:
+            raise AssertionError(f"still open after {time.monotonic() - started:.1f}s")
+        return out, time.monotonic() - started
+
+
+def test_a_slow_body_or_slow_headers_get_a_bounded_time(gateway, rabbit):
+    queue = rabbit.queue()
+    body = f"a|{queue}|".encode() + b"s" * 200
+    # The body: CLIENT_BODY_TIMEOUT (2 s here) from the end of the headers, then 408 and closed.
+    for path in ("/publish", "/publish/batch"):
+        head = post(path, f"Content-Length: {len(body)}\r\n", b"")
+        out, took = trickle(gateway.port, head, body)
+        status, headers, error = answer(out)
+        assert (status, error["error"], headers["connection"]) == (408, "body_timeout", "close"), error
+        assert 1.9 < took < 5, took
+        out, took = trickle(gateway.port, chunked(path, b""), b"%x\r\n" % len(body) + body)
+        assert answer(out)[0] == 408 and took < 5
+    # The headers: gunicorn's keepalive (GATEWAY_KEEPALIVE, 2 s here), then closed without an answer.
+    out, took = trickle(gateway.port, b"POST /publish HTTP/1.1\r\n", b"X-Slow: " + b"h" * 100)
+    assert out == b"" and 1.9 < took < 5, (out, took)
+    assert_nothing_published(gateway, rabbit, queue)
