@@ -11,6 +11,7 @@ process of its own (see docs/zmq.md).
 """
 
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -27,14 +28,32 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 wsgi_app = "app.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-# gunicorn's gevent worker, which at worker_connections sheds connections that
-# have not delivered a complete request (idle keep-alive, slow headers or body)
-# instead of leaving new ones, health probes included, in the backlog (app/worker.py).
+# gunicorn's gevent worker, which near worker_connections sheds connections
+# that have not delivered a complete request (idle keep-alive, slow headers or
+# body) instead of leaving new ones, health probes included, in the listen
+# backlog (app/worker.py).
 worker_class = "app.worker.GatewayWorker"
-worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "1000"))
+# Client connections per worker. An idle gevent connection costs a file
+# descriptor and a few kB, so the limit is high: a flood of idle or slow
+# connections is held (and timed out) rather than left to fill the listen
+# backlog, where a probe's connection would wait behind it. Like nginx's
+# worker_rlimit_nofile, the soft limit on open files is raised for it (up to
+# the hard limit), and the limit lowered to what the descriptors allow.
+_FD_RESERVE = 256  # AMQP connections, the log, ZeroMQ, PostgreSQL, the metrics files
+_soft_fds, _hard_fds = resource.getrlimit(resource.RLIMIT_NOFILE)
+worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
+if _soft_fds != resource.RLIM_INFINITY and _soft_fds < worker_connections + _FD_RESERVE:
+    _wanted_fds = worker_connections + _FD_RESERVE
+    _soft_fds = _wanted_fds if _hard_fds == resource.RLIM_INFINITY else min(_wanted_fds, _hard_fds)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_soft_fds, _hard_fds))
+    worker_connections = min(worker_connections, max(_soft_fds - _FD_RESERVE, 64))
 preload_app = False  # each worker builds its own pools after fork
 timeout = 30
 graceful_timeout = 20  # SIGTERM: requests in flight get this long to be answered
+# Connections the kernel queues for accept(); capped by net.core.somaxconn. A
+# flood's connection burst beyond it is dropped (SYNs retried after 1 s), the
+# probes' connections too.
+backlog = 4096
 # Seconds a client connection may wait for its next request and take to send
 # its headers (gunicorn bounds both with one timer); the body then has
 # CLIENT_BODY_TIMEOUT (app/config.py).

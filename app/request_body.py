@@ -36,6 +36,7 @@ from app.errors import (
     RequestTimeout,
     UnsupportedCoding,
 )
+from app.retry import RetryBudget
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,21 @@ def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
     return data
 
 
+# At most this many "body_refused" lines a second: a flood of slow bodies
+# timing out together must not turn into a flood of log lines (each is also
+# counted in gateway_publish_total by its code).
+LOG_LINES_PER_SECOND = 10
+_log_budget = RetryBudget(0.0, LOG_LINES_PER_SECOND, window=1.0)
+_suppressed = 0
+
+
 def _logged(exc: GatewayError) -> GatewayError:
     # One line per refused body, no traceback: the client's fault, not ours.
-    log.warning("request body refused: %s", exc.detail, extra={"event": "body_refused", "error": exc.code})
+    global _suppressed
+    if not _log_budget.allow():
+        _suppressed += 1
+        return exc
+    log.warning("request body refused: %s", exc.detail,
+                extra={"event": "body_refused", "error": exc.code, "suppressed_before": _suppressed})
+    _suppressed = 0
     return exc

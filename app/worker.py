@@ -24,6 +24,7 @@ the application calls.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +35,7 @@ from gunicorn.workers.ggevent import GeventWorker
 from app.client_guard import PENDING
 
 HEADROOM_RATIO = 0.1  # slots kept free for new connections, of worker_connections
+KEEPALIVE_JITTER = 0.5  # an idle connection is closed after 50-100 % of keepalive
 
 
 class _Shed(Exception):
@@ -70,8 +72,12 @@ class GatewayWorker(GeventWorker):
         """Wait for the next request's headers at most ``keepalive`` seconds, sheddable meanwhile."""
         # gunicorn's own: gevent.Timeout(keepalive, False), which ends the wait
         # quietly (no request: the connection is closed). Shedding ends it alike.
+        # Jittered (like CONNECTION_MAX_AGE): connections opened together, a
+        # flood's, are not all closed together and reopened in one burst that
+        # overflows the listen backlog.
+        seconds = self.cfg.keepalive * random.uniform(1.0 - KEEPALIVE_JITTER, 1.0)
         try:
-            with PENDING.waiting(_Shed()), gevent.Timeout(self.cfg.keepalive, False):
+            with PENDING.waiting(_Shed()), gevent.Timeout(seconds, False):
                 yield
         except _Shed:
             pass
