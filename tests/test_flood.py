@@ -76,7 +76,8 @@ def _attack(gw: GatewayProcess, rabbit, queue: str, name: str, make_attack) -> d
     rate = ok_during / elapsed
     found = rabbit.count(queue)
     print(f"{name}: /healthz n={len(during)} p50 {p50 * 1000:.1f} ms p99 {p99 * 1000:.1f} ms "
-          f"max {max(during) * 1000:.1f} ms (opening burst: worst {ramp_worst * 1000:.0f} ms); publishes {rate:.0f}/s during vs {baseline_rate:.0f}/s before, "
+          f"max {max(during) * 1000:.1f} ms (opening burst: worst {ramp_worst * 1000:.0f} ms); "
+          f"publishes {rate:.0f}/s during vs {baseline_rate:.0f}/s before, "
           f"{failed_during} failed; queue {found} vs {publisher.ok} acknowledged")
     report.record(f"{name} (/healthz p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; "
                   f"{rate:.0f} publishes/s vs {baseline_rate:.0f} before)",
