@@ -3,12 +3,14 @@
 gunicorn's gevent worker serves at most ``worker_connections`` connections; at
 the limit it stops accepting, and every new connection waits in the listen
 backlog, ``/healthz`` probes included: 5,000 idle keep-alive connections made
-the probes take seconds. This subclass keeps the limit but, when a new
-connection arrives with fewer than ``headroom`` slots free, sheds the oldest
-connections that have not delivered a complete request (:mod:`app.client_guard`):
-idle keep-alive connections and slow headers are closed, a body still arriving
-is answered ``503 overloaded``. So a well-behaved client is accepted at once,
-and served, while an attacker holds thousands of idle or trickling connections.
+the probes take seconds. The first defence is a limit high enough to hold such
+a flood (``gunicorn.conf.py``: an idle connection costs a few kB) and a
+bounded, jittered idle/header time. This subclass adds that, when a new
+connection arrives with fewer than 10 % of the slots free, the worker sheds
+the oldest connections that have not delivered a complete request
+(:mod:`app.client_guard`): idle keep-alive connections and slow headers are
+closed, a body still arriving is answered ``503 overloaded``; so the worker
+keeps accepting past its limit, rather than leave every newcomer in the backlog.
 
 It also honours an application's ``Connection: close``: gunicorn drops that
 header as hop-by-hop and keeps the connection open, but after a body that was
