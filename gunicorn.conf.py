@@ -12,6 +12,7 @@ process of its own (see docs/zmq.md).
 
 import atexit
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -41,12 +42,36 @@ def _remove_metrics_dir():
 wsgi_app = "app.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-worker_class = "gevent"
-worker_connections = 1000
+# gunicorn's gevent worker, which near worker_connections sheds connections
+# that have not delivered a complete request (idle keep-alive, slow headers or
+# body) instead of leaving new ones, health probes included, in the listen
+# backlog (app/worker.py).
+worker_class = "app.worker.GatewayWorker"
+# Client connections per worker. An idle gevent connection costs a file
+# descriptor and a few kB, so the limit is high: a flood of idle or slow
+# connections is held (and timed out) rather than left to fill the listen
+# backlog, where a probe's connection would wait behind it. Like nginx's
+# worker_rlimit_nofile, the soft limit on open files is raised for it (up to
+# the hard limit), and the limit lowered to what the descriptors allow.
+_FD_RESERVE = 256  # AMQP connections, the log, ZeroMQ, PostgreSQL, the metrics files
+_soft_fds, _hard_fds = resource.getrlimit(resource.RLIMIT_NOFILE)
+worker_connections = int(os.environ.get("GATEWAY_WORKER_CONNECTIONS", "10000"))
+if _soft_fds != resource.RLIM_INFINITY and _soft_fds < worker_connections + _FD_RESERVE:
+    _wanted_fds = worker_connections + _FD_RESERVE
+    _soft_fds = _wanted_fds if _hard_fds == resource.RLIM_INFINITY else min(_wanted_fds, _hard_fds)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_soft_fds, _hard_fds))
+    worker_connections = min(worker_connections, max(_soft_fds - _FD_RESERVE, 64))
 preload_app = False  # each worker builds its own pools after fork
 timeout = 30
 graceful_timeout = 20  # SIGTERM: requests in flight get this long to be answered
-keepalive = 5
+# Connections the kernel queues for accept(); capped by net.core.somaxconn. A
+# flood's connection burst beyond it is dropped (SYNs retried after 1 s), the
+# probes' connections too.
+backlog = 4096
+# Seconds a client connection may wait for its next request and take to send
+# its headers (gunicorn bounds both with one timer); the body then has
+# CLIENT_BODY_TIMEOUT (app/config.py).
+keepalive = max(1, int(os.environ.get("GATEWAY_KEEPALIVE", "5")))  # 0 would leave headers unbounded
 # gunicorn-h1c's C parser (pinned in pyproject.toml) when it is installed, else
 # gunicorn's Python parser: the same requests, ~100 µs less CPU each.
 http_parser = "auto"

@@ -33,7 +33,7 @@ from flask import Flask, request
 from app.config import CONN_ID_RE, MIN_TOKEN_LENGTH, TOKEN_RE, ConfigError, Settings, read_text_file
 from app.errors import Forbidden, Unauthorized
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # use fullmatch: "$" matches before a final newline
 OPS_ROUTES = ("/metrics", "/pools")
 HEALTH_ROUTES = ("/healthz", "/readyz")
 
@@ -104,11 +104,11 @@ def parse_tokens(text: str, source: str, lines_separated_by_semicolons: bool = F
             raise ConfigError("expected `name token ids [queue-patterns]` (whitespace-separated)",
                               source, number)
         name, token, ids = fields[:3]
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise ConfigError(f"invalid token name {name!r} (1-64 of A-Z a-z 0-9 _ . -)", source, number)
         if name in names:
             raise ConfigError(f"token name {name!r} is used twice (first on line {names[name]})", source, number)
-        if len(token) < MIN_TOKEN_LENGTH or not TOKEN_RE.match(token):
+        if len(token) < MIN_TOKEN_LENGTH or not TOKEN_RE.fullmatch(token):
             raise ConfigError(f"token {name!r} must be at least {MIN_TOKEN_LENGTH} printable characters "
                               "without spaces (e.g. `openssl rand -hex 24`)", source, number)
         digest = _digest(token)
@@ -117,7 +117,7 @@ def parse_tokens(text: str, source: str, lines_separated_by_semicolons: bool = F
         conn_ids: frozenset[str] | None = None
         if ids != "*":
             listed = [part for part in ids.split(",") if part]
-            bad = [part for part in listed if not CONN_ID_RE.match(part)]
+            bad = [part for part in listed if not CONN_ID_RE.fullmatch(part)]
             if not listed or bad:
                 raise ConfigError(f"token {name!r}: ids must be `*` or a comma list of connection ids", source,
                                   number)

@@ -111,6 +111,17 @@ def connection_parameters(address: BrokerAddress, settings: Settings, name: str)
     )
 
 
+CONNECTION_FORCED = 320  # the broker shuts down, or an operator closed the connection: nobody's message
+
+
+def _refused_code(reason: BaseException) -> int | None:
+    """The reply code when the broker itself closed the connection or channel over what it was sent."""
+    if isinstance(reason, (pika.exceptions.ConnectionClosedByBroker, pika.exceptions.ChannelClosedByBroker)):
+        code = int(reason.reply_code)
+        return None if code == CONNECTION_FORCED else code
+    return None
+
+
 class _Batch:
     """The outcomes of one publish_batch call and the event that says all are in."""
 
@@ -188,12 +199,12 @@ class BrokerConnection:
             ready.get(timeout=timeout + 1.0)
         except gevent.Timeout:
             self.abort()
-            raise ConnectionLost(f"{address.display}: connect timed out") from None
+            raise ConnectionLost(f"{name}: connect timed out") from None
         except (OSError, pika.exceptions.AMQPError, ssl.SSLError, connection_workflow.AMQPConnectorException) as exc:
             # pika passes TLS and handshake failures up as workflow errors
             # (not AMQPError): they must end here too, not kill the caller.
             self.abort()
-            raise ConnectionLost(f"{address.display}: {describe_exception(root_cause(exc))}") from exc
+            raise ConnectionLost(f"{name}: {describe_exception(root_cause(exc))}") from exc
         return self
 
     def _on_open(self, ready: AsyncResult) -> None:
@@ -292,22 +303,22 @@ class BrokerConnection:
 
     def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
         # The one channel is the connection's purpose: without it, retire the connection.
-        self._mark_lost(f"channel closed: {describe_exception(reason)}")
+        self._mark_lost(f"channel closed: {describe_exception(reason)}", _refused_code(reason))
         if self._conn is not None and self._conn.is_open:
             self._conn.close()
 
     def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
-        self._mark_lost(describe_exception(reason))
+        self._mark_lost(describe_exception(reason), _refused_code(reason))
         self._closed.set()
 
-    def _mark_lost(self, reason: str) -> None:
+    def _mark_lost(self, reason: str, refused_code: int | None = None) -> None:
         if self.lost_reason is None:
             self.lost_reason = reason
             if self.on_lost is not None and not self.closing:
                 self.on_lost(self, reason)
         pending, self._pending = self._pending, OrderedDict()
         for entry in pending.values():
-            entry.batch.settle(entry.index, ConnectionLost(f"{self.address.display}: {reason}"))
+            entry.batch.settle(entry.index, ConnectionLost(f"{self.name}: {reason}", refused_code))
 
     # -- use -----------------------------------------------------------------
 
@@ -328,9 +339,9 @@ class BrokerConnection:
         Raises :class:`BrokerBlocked` or :class:`ConnectionLost` when nothing was sent.
         """
         if not self.usable:
-            raise ConnectionLost(f"{self.address.display}: {self.lost_reason or 'connection not usable'}")
+            raise ConnectionLost(f"{self.name}: {self.lost_reason or 'connection not usable'}")
         if self.blocked:
-            raise BrokerBlocked(f"{self.address.display} is blocked (resource alarm)")
+            raise BrokerBlocked(f"{self.name} is blocked (resource alarm)")
         self.last_used = time.monotonic()
         batch = _Batch(len(messages))
         conn = self._conn
@@ -361,7 +372,7 @@ class BrokerConnection:
                 if entry.batch is batch:
                     del self._pending[tag_]
                     batch.settle(entry.index, ConfirmTimeout(
-                        f"{self.address.display} did not confirm within {timeout:g}s"))
+                        f"{self.name} did not confirm within {timeout:g}s"))
         return batch.outcomes
 
     def _write(self, data: bytes) -> None:
@@ -382,7 +393,7 @@ class BrokerConnection:
                 return
             data = data[sent:]
         if conn._transport is None:
-            raise ConnectionLost(f"{self.address.display}: connection closed")
+            raise ConnectionLost(f"{self.name}: connection closed")
         conn._transport.write(data)
 
     def probe(self, timeout: float) -> None:
@@ -396,10 +407,10 @@ class BrokerConnection:
             answer.get(timeout=timeout)
         except gevent.Timeout:
             self.suspect = True
-            raise ConnectionLost(f"{self.address.display}: probe timed out after {timeout:g}s") from None
+            raise ConnectionLost(f"{self.name}: probe timed out after {timeout:g}s") from None
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._mark_lost(describe_exception(exc))
-            raise ConnectionLost(f"{self.address.display}: {describe_exception(exc)}") from exc
+            raise ConnectionLost(f"{self.name}: {describe_exception(exc)}") from exc
         if not self.usable:
             raise ConnectionLost(self.lost_reason or "connection lost during probe")
 

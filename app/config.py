@@ -25,8 +25,9 @@ from typing import Any
 DEFAULT_CONFIG_PATH = "config/pool.cfg"
 ENV_PREFIX = "GATEWAY_"
 # GATEWAY_* variables that are not config keys: read by gunicorn.conf.py or here.
-ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR", "SECRETS_DIR"}
-CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR", "SECRETS_DIR", "WORKER_CONNECTIONS",
+                "KEEPALIVE"}
+CONN_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # use fullmatch: "$" matches before a final newline
 REDACTED = "***"
 
 
@@ -269,7 +270,7 @@ def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
     where: a line number, a variable, a database row): a password cut short
     by a delimiter can land in the id's field as well as in any other.
     """
-    if not CONN_ID_RE.match(conn_id):
+    if not CONN_ID_RE.fullmatch(conn_id):
         raise ValueError("invalid connection id (1-64 of A-Z a-z 0-9 _ . -)")
     values = [v.strip() for v in values]
     if not values or not values[0]:
@@ -347,7 +348,7 @@ def _choice(*allowed: str) -> Callable[[str], str]:
 
 # libzmq's limit for an ipc:// path (sockaddr_un.sun_path, less the NUL).
 _IPC_PATH_MAX = 107
-_Z85 = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+_Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
 def _zmq_address(text: str) -> str:
@@ -374,19 +375,19 @@ def _z85_keys(text: str) -> tuple[str, ...]:
     """Space-separated 40-character Z85 CURVE public keys."""
     keys = tuple(text.split())
     for key in keys:
-        if not _Z85.match(key):
+        if not _Z85.fullmatch(key):
             raise ValueError(f"not a 40-character Z85 public key: {key[:12]!r}...")
     return keys
 
 
 MIN_TOKEN_LENGTH = 16  # bearer tokens, publish and operator alike
-TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces (RFC 6750 b64token and more)
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")  # use fullmatch; printable ASCII, no spaces (RFC 6750 b64token and more)
 
 
 def _ops_token(text: str) -> str:
     """Empty (no token), or a bearer token as long and as printable as a publish token."""
     token = text.strip()
-    if token and (len(token) < MIN_TOKEN_LENGTH or not TOKEN_RE.match(token)):
+    if token and (len(token) < MIN_TOKEN_LENGTH or not TOKEN_RE.fullmatch(token)):
         # Not quoted: it is a secret, however weak.
         raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} printable characters without spaces "
                          "(e.g. `openssl rand -hex 24`), like a publish token")
@@ -476,6 +477,9 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a publish waits for a pooled connection before opening an overflow one."),
     Option("POOL_IDLE_TIMEOUT", "pool_idle_timeout", "300", _number(float, 0.0),
            "Seconds an idle connection above `POOL_MIN_SIZE` is kept before it is closed (0: never)."),
+    Option("POOL_OPEN_RATE", "pool_open_rate", "10", _number(float, 0.1, 10000.0),
+           "Connections a second one pool may open after a burst of pool size + overflow, whatever kills them "
+           "(a broker closing them over a message, a flapping network)."),
     Option("SERVER_SELECTION", "server_selection", "round_robin", _choice("round_robin", "random"),
            "How a role with several servers (`a;b;c`) spreads its connections: round_robin or random."),
     Option("SERVER_QUARANTINE", "server_quarantine", "5", _number(float, 0.0, 3600.0),
@@ -490,6 +494,9 @@ OPTIONS: tuple[Option, ...] = (
            "Retries per second always allowed, whatever the ratio."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
+    Option("CLIENT_BODY_TIMEOUT", "client_body_timeout", "10", _number(float, 0.1, 3600.0),
+           "Seconds a client has to send a request body once its headers are in; then `408` and the connection "
+           "is closed, nothing published (headers: gunicorn's `keepalive`, `GATEWAY_KEEPALIVE`)."),
     Option("BATCH_MAX_MESSAGES", "batch_max_messages", "1000", _number(int, 1, 100000),
            "Most messages in one `POST /publish/batch`."),
     Option("BATCH_MAX_SIZE", "batch_max_size", "16777216", _number(int, 1, 1024 * 1024 * 1024),
@@ -556,12 +563,14 @@ class Settings:
     pool_max_overflow: int = 2
     pool_overflow_wait: float = 0.1
     pool_idle_timeout: float = 300.0
+    pool_open_rate: float = 10.0
     server_selection: str = "round_robin"
     server_quarantine: float = 5.0
     rebalance_interval: float = 10.0
     retry_budget_ratio: float = 0.2
     retry_budget_min: float = 10.0
     max_body_size: int = 1048576
+    client_body_timeout: float = 10.0
     batch_max_messages: int = 1000
     batch_max_size: int = 16777216
     mandatory: bool = True

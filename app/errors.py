@@ -7,14 +7,19 @@
     │   ├── MalformedBody        400 malformed_body
     │   ├── InvalidConnectionId  400 invalid_connection_id
     │   ├── InvalidQueue         400 invalid_queue
-    │   └── MalformedFrames      400 malformed_frames   (ZeroMQ: wrong number of frames)
+    │   ├── MalformedFrames      400 malformed_frames   (ZeroMQ: wrong number of frames)
+    │   ├── IncompleteBody       400 incomplete_body    (ended before its length or last chunk)
+    │   └── MalformedChunks      400 malformed_chunked_body
     ├── Unauthorized             401 unauthorized       (+ WWW-Authenticate)
     ├── Forbidden                403 forbidden
     ├── NotFound                 404 not_found          (no such route)
     ├── UnknownConnection        404 unknown_connection_id
     ├── MethodNotAllowed         405 method_not_allowed
+    ├── RequestTimeout           408 body_timeout       (the body did not arrive in time)
     ├── PayloadTooLarge          413 body_too_large
     ├── Unroutable               422 unroutable
+    ├── RejectedByBroker         422 rejected_by_broker (the broker closed the connection over it)
+    ├── UnsupportedCoding        501 unsupported_transfer_coding
     └── Unavailable              503 unavailable        (+ Retry-After)
         ├── PoolTimeout          503 pool_timeout
         ├── BrokerUnavailable    503 broker_unavailable
@@ -23,12 +28,16 @@
         ├── ConfirmTimeout       503 confirm_timeout
         ├── ConnectionLost       503 connection_lost
         ├── ShuttingDown         503 shutting_down      (the worker is closing its connections)
+        ├── Overloaded           503 overloaded         (shed: too many connections, body incomplete)
         └── WorkerLost           503 worker_lost        (ZeroMQ: the worker died holding it)
 
 ``ConnectionLost`` is also what the AMQP layer raises inside the gateway when a
 connection dies under a publish; the router retries it (at-least-once) and
 only answers it when every attempt failed. The same ``status`` and ``code``
 make the ZeroMQ reply ``ERR <status> <code>``.
+
+An error with ``closes`` set is answered with ``Connection: close``: the rest of
+the request was not read (or cannot be trusted), so the connection is not reused.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ class GatewayError(Exception):
 
     status = 500
     code = "internal"
+    closes = False  # answered with Connection: close
 
     def __init__(self, detail: str = ""):
         super().__init__(detail or self.code)
@@ -73,11 +83,26 @@ class MalformedFrames(BadRequest):
     code = "malformed_frames"
 
 
+class IncompleteBody(BadRequest):
+    """The body ended (the client half-closed or went away) before its Content-Length or last chunk."""
+
+    code = "incomplete_body"
+    closes = True
+
+
+class MalformedChunks(BadRequest):
+    """A chunked body that breaks RFC 9112 section 7.1 (bad chunk size, missing CRLF, ...)."""
+
+    code = "malformed_chunked_body"
+    closes = True
+
+
 class Unauthorized(GatewayError):
     """No valid bearer token; ``challenge`` is the ``WWW-Authenticate`` header (RFC 6750)."""
 
     status = 401
     code = "unauthorized"
+    closes = True  # the unread body is not worth draining
 
     def __init__(self, detail: str = "", invalid_token: bool = False):
         super().__init__(detail)
@@ -110,14 +135,38 @@ class MethodNotAllowed(GatewayError):
         self.allow = allow
 
 
+class RequestTimeout(GatewayError):
+    """The body did not arrive within ``CLIENT_BODY_TIMEOUT``."""
+
+    status = 408
+    code = "body_timeout"
+    closes = True
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "body_too_large"
+    closes = True  # the unread body is not worth draining
 
 
 class Unroutable(GatewayError):
     status = 422
     code = "unroutable"
+
+
+class RejectedByBroker(GatewayError):
+    """The broker closed a connection over this message, twice: never retried again."""
+
+    status = 422
+    code = "rejected_by_broker"
+
+
+class UnsupportedCoding(GatewayError):
+    """A transfer coding other than chunked (RFC 9112 section 6.1: 501)."""
+
+    status = 501
+    code = "unsupported_transfer_coding"
+    closes = True
 
 
 class Unavailable(GatewayError):
@@ -147,7 +196,25 @@ class ConfirmTimeout(Unavailable):
 
 
 class ConnectionLost(Unavailable):
+    """The connection died under the message; ``refused_code`` is set when the broker closed it (AMQP close).
+
+    A broker that closes the connection or the channel itself (any reply code
+    but 320 CONNECTION_FORCED, a shutdown or an operator) did so over something
+    it was sent: one of the messages in flight is the culprit (app.gateway isolates it).
+    """
+
     code = "connection_lost"
+
+    def __init__(self, detail: str = "", refused_code: int | None = None):
+        super().__init__(detail)
+        self.refused_code = refused_code
+
+
+class Overloaded(Unavailable):
+    """Shed while its body was still arriving: the worker was at its connection limit."""
+
+    code = "overloaded"
+    closes = True
 
 
 class ShuttingDown(Unavailable):
@@ -171,8 +238,8 @@ def http_answer(exc: GatewayError, retry_after: int) -> tuple[int, list[tuple[st
         headers.append(("Allow", ", ".join(exc.allow)))
     if isinstance(exc, Unauthorized):
         headers.append(("WWW-Authenticate", exc.challenge))
-    if exc.status in (401, 413):
-        headers.append(("Connection", "close"))  # the unread body is not worth draining
+    if exc.closes:
+        headers.append(("Connection", "close"))
     return exc.status, headers, body
 
 

@@ -34,6 +34,7 @@ from app.errors import (
     ConnectionLost,
     GatewayError,
     PoolTimeout,
+    RejectedByBroker,
     ShuttingDown,
     Unavailable,
     UnknownConnection,
@@ -191,7 +192,7 @@ class Route:
         # Sent, then the connection died before the confirm: the broker may
         # have them, so their answer stays "cannot know" whatever the retries
         # that follow run into (a refused reconnect is no news about them).
-        uncertain: dict[int, GatewayError] = {}
+        uncertain: dict[int, ConnectionLost] = {}
         last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
         self.retry_budget.deposit()
         retrying = False
@@ -235,7 +236,13 @@ class Route:
                         uncertain[index] = last_error = outcome
                     else:
                         outcomes[index] = outcome
-                if retry:
+                refused = [i for i in retry if uncertain[i].refused_code is not None]
+                if refused:
+                    # The broker closed the connection over one of these: find
+                    # which before retrying the others (a message fails only itself).
+                    retry = self._isolate(pool, messages, retry, deadline, outcomes, uncertain)
+                    attempts -= 1  # every such round answers one message for good: it ends
+                elif retry:
                     retrying = True
                     log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(retry), pool.name,
                                 conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
@@ -248,9 +255,54 @@ class Route:
                 break
         return self._fill(outcomes, todo, last_error, uncertain)
 
+    def _isolate(self, pool: ConnectionPool, messages: Sequence[Message], suspects: list[int], deadline: float,
+                 outcomes: list[Outcome], uncertain: dict[int, ConnectionLost]) -> list[int]:
+        """Find the message the broker closed a connection over; what is left to publish as usual.
+
+        Alone among the unconfirmed, it is the culprit. Otherwise each suspect is
+        published alone, in the order sent, on a fresh connection: the one whose
+        connection the broker closes again is answered ``422 rejected_by_broker``
+        and never sent again; the others are answered by their own confirm. The
+        rest go back to the ordinary path once the culprit is found, or at any
+        other trouble (a plain connection loss, no connection, the deadline).
+        """
+        code = uncertain[suspects[0]].refused_code
+        if len(suspects) > 1:
+            log.warning("the broker closed a connection (%s) under %d publish(es) on %s; publishing them one by one",
+                        code, len(suspects), pool.name,
+                        extra={"event": "publish_isolate", "conn_id": self.conn_id, "role": pool.role})
+        for position, index in enumerate(suspects):
+            if len(suspects) > 1:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return suspects[position:]
+                try:
+                    with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                        result = conn.publish_batch(
+                            [messages[index]], min(self.settings.confirm_timeout, max(remaining, 0.001)),
+                            mandatory=self.settings.mandatory, persistent=self.settings.persistent)[0]
+                except Unavailable:
+                    return suspects[position:]
+                if not isinstance(result, ConnectionLost):
+                    outcomes[index] = result
+                    uncertain.pop(index, None)
+                    continue
+                uncertain[index] = result
+                if result.refused_code is None:
+                    return suspects[position:]  # an ordinary connection loss: retry as usual
+                code = result.refused_code
+            uncertain.pop(index, None)
+            outcomes[index] = RejectedByBroker(f"the broker closed the connection over this message (reply code "
+                                               f"{code}); it is not retried")
+            metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "rejected").inc()
+            log.warning("message rejected: the broker closed a connection over it (%s) on %s", code, pool.name,
+                        extra={"event": "publish_rejected", "conn_id": self.conn_id, "role": pool.role})
+            return suspects[position + 1:]
+        return []
+
     @staticmethod
     def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError,
-              uncertain: dict[int, GatewayError]) -> list[Outcome]:
+              uncertain: dict[int, ConnectionLost]) -> list[Outcome]:
         for index in todo:
             outcomes[index] = uncertain.get(index, error)
         return outcomes

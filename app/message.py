@@ -13,6 +13,12 @@ from app.config import CONN_ID_RE
 from app.errors import InvalidConnectionId, InvalidQueue, MalformedBody
 
 MAX_QUEUE_BYTES = 255  # AMQP short string
+# RabbitMQ's direct reply-to pseudo-queue: never a queue on the default
+# exchange, and a malformed address after it ("amq.rabbitmq.reply-to.x.y")
+# makes RabbitMQ 3.10 close the whole connection (541 INTERNAL_ERROR), with
+# every other message in flight on it. Replies to RPC callers are not this
+# gateway's job: refused up front.
+RESERVED_QUEUE = "amq.rabbitmq.reply-to"
 
 
 class PublishRequest(NamedTuple):
@@ -34,7 +40,7 @@ def parse_body(data: bytes) -> PublishRequest:
         conn_id = raw_id.decode("ascii")
     except UnicodeDecodeError:
         conn_id = ""
-    if not CONN_ID_RE.match(conn_id):
+    if not CONN_ID_RE.fullmatch(conn_id):
         raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
     if not raw_queue:
         raise InvalidQueue("the queue name is empty")
@@ -44,4 +50,6 @@ def parse_body(data: bytes) -> PublishRequest:
         queue = raw_queue.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidQueue("the queue name is not valid UTF-8") from None
+    if queue == RESERVED_QUEUE or queue.startswith(RESERVED_QUEUE + "."):
+        raise InvalidQueue(f"{RESERVED_QUEUE} is reserved by RabbitMQ (direct reply-to), not a queue")
     return PublishRequest(conn_id, queue, data[second + 1:])

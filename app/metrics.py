@@ -58,7 +58,8 @@ CONNECTION_EVENTS = Counter(
 )
 PUBLISH_RETRIES = Counter(
     "gateway_publish_retries_total",
-    "Publish retries after a connection was lost under them: allowed, or denied by the retry budget.",
+    "Publish retries after a connection was lost under them: allowed, or denied by the retry budget; "
+    "rejected: a message the broker closed a connection over, answered 422 and not retried.",
     ["conn_id", "role", "decision"],
 )
 FAILOVERS = Counter(

@@ -48,6 +48,7 @@ from app.errors import (
     describe_exception,
 )
 from app.health import BrokerHealth
+from app.retry import RetryBudget
 from app.servers import ServerSet
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,8 @@ class ConnectionPool:
         self._closed = False
         self._checker: BrokerConnection | None = None  # the health check's own connection
         self._blocked: set[BrokerConnection] = set()  # connections the broker has blocked
+        burst = self.size + self.max_overflow
+        self._open_budget = RetryBudget(0.0, settings.pool_open_rate, window=burst / settings.pool_open_rate)
         self._labels = (conn_id, role)
         self._gauges = {
             **{state: metrics.POOL_CONNECTIONS.labels(conn_id, role, state)
@@ -175,6 +178,17 @@ class ConnectionPool:
                 self._waiters.remove(waiter)
             self._waiting_since.pop(waiter, None)
 
+    def _may_open(self, timeout: float | None) -> bool:
+        # POOL_OPEN_RATE: whatever kills connections (a broker closing them over
+        # a message, a flapping network), this pool opens no more than a burst
+        # of (size + overflow), then the rate. Waits up to ``timeout`` for it.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._open_budget.allow():
+            if self._closed or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            gevent.sleep(1.0 / self.settings.pool_open_rate)
+        return True
+
     def _open_for_caller(self, timeout: float) -> BrokerConnection | None:
         # Growth to the pool size, or overflow: the caller opens it and holds it.
         conn = self._open(timeout)
@@ -263,6 +277,8 @@ class ConnectionPool:
     def _open(self, timeout: float | None = None, server: BrokerAddress | None = None) -> BrokerConnection | None:
         """Open one connection to ``server`` or the next one; None (failure recorded) if it fails."""
         server = server or self.servers.pick()
+        if not self._may_open(timeout):
+            return None
         self._opened += 1
         self._connecting += 1
         self._update_gauges()

@@ -20,14 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from werkzeug.wsgi import get_input_stream
-
 from app import logs, metrics, request_id
 from app.accesslog import CONN_ID_KEY
 from app.auth import Access
-from app.errors import GatewayError, MethodNotAllowed, PayloadTooLarge, http_answer, status_line
+from app.errors import GatewayError, MethodNotAllowed, http_answer, status_line
 from app.gateway import Gateway
 from app.message import parse_body
+from app.request_body import read_body
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +35,6 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _OK_BODY = b'{"status":"ok"}\n'
 _OK_HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(_OK_BODY)))]
-
-
-def read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """The raw request body, whatever its Content-Type; 413 past ``limit`` bytes (chunked bodies too)."""
-    length = environ.get("CONTENT_LENGTH")
-    if length and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit}")
-    data: bytes = get_input_stream(environ).read(limit + 1)  # bounded even for chunked bodies
-    if len(data) > limit:
-        raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-    return data
 
 
 class PublishEndpoint:
@@ -81,7 +69,7 @@ class PublishEndpoint:
         conn_label = metrics.UNKNOWN_ID
         try:
             publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
-            req = parse_body(read_body(environ, gw.settings.max_body_size))
+            req = parse_body(read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout))
             if req.conn_id in gw.routes:
                 # Only a configured id goes into logs and labels, never what a client made up.
                 conn_label = req.conn_id

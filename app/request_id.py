@@ -23,7 +23,7 @@ from app.processes import process_token
 HEADER = "X-Request-ID"
 ENVIRON_KEY = "gateway.request_id"
 ENVIRON_HEADER = "HTTP_X_REQUEST_ID"  # the header as WSGI names it
-_VALID = re.compile(r"^[A-Za-z0-9\-_.:/+=]{1,128}$")
+_VALID = re.compile(r"[A-Za-z0-9\-_.:/+=]{1,128}")
 _counter = itertools.count(1)
 
 
@@ -35,7 +35,7 @@ def new_id() -> str:
 def start(environ: dict) -> str:
     """Take the request's id (or make one), keep it in ``environ`` and bind it for the logs."""
     given = environ.get(ENVIRON_HEADER) or ""
-    request_id = given if _VALID.match(given) else new_id()
+    request_id = given if _VALID.fullmatch(given) else new_id()
     environ[ENVIRON_KEY] = request_id
     logs.unbind()  # a kept-alive connection's greenlet serves request after request
     logs.bind(request_id=request_id)

@@ -17,7 +17,7 @@ from app.batch import parse_batch
 from app.errors import GatewayError, UnknownConnection
 from app.gateway import Gateway
 from app.openapi import document
-from app.publish_endpoint import read_body
+from app.request_body import read_body
 
 bp = Blueprint("gateway", __name__)
 
@@ -38,8 +38,8 @@ def publish_batch() -> Response:
     try:
         checks = access()
         publisher = checks.check_publisher(request.headers.get("Authorization"))
-        records = parse_batch(read_body(request.environ, gw.settings.batch_max_size), gw.settings.batch_max_messages,
-                              gw.settings.max_body_size)
+        body = read_body(request.environ, gw.settings.batch_max_size, gw.settings.client_body_timeout)
+        records = parse_batch(body, gw.settings.batch_max_messages, gw.settings.max_body_size)
         by_id: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             checks.check_target(publisher, record.conn_id, record.queue)

@@ -56,6 +56,18 @@ STALE_AFTER = 3.0  # no HELLO for this long: give the worker nothing new
 FRONT_SNDHWM = 100_000  # replies queued for one slow producer before they are dropped
 LINGER_MS = 1000  # at close, time left to deliver the last replies
 WORKER_LOST = error_reply(WorkerLost())
+# ZeroMQ's own per-frame limit on the producer side (ZMQ_MAXMSGSIZE): libzmq
+# allocates a frame whole as soon as its header has arrived, so without it one
+# 512 MiB frame cost the relay 1 GiB before the 413. A frame up to twice
+# MAX_BODY_SIZE is still read and answered ERR 413; a larger one is refused
+# by libzmq before anything is allocated: it drops that producer's connection,
+# with no reply (docs/zmq.md).
+FRAME_LIMIT_FACTOR = 2
+
+
+def frame_limit(max_body: int) -> int:
+    """The largest frame a producer may send before libzmq drops its connection."""
+    return FRAME_LIMIT_FACTOR * max_body + 4096
 
 
 class RelayError(Exception):
@@ -115,6 +127,7 @@ class Relay:
         opts = self.options
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)  # failed sends raise, so they are counted
         self.front.setsockopt(zmq.SNDHWM, FRONT_SNDHWM)
+        self.front.setsockopt(zmq.MAXMSGSIZE, frame_limit(opts.max_body))
         self.front.setsockopt(zmq.LINGER, LINGER_MS)
         self.back.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.back.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a worker reconnecting keeps its id

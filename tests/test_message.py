@@ -28,9 +28,13 @@ def test_valid_bodies(body, expected):
     (b"bad id|q|m", InvalidConnectionId),
     (b"a" * 65 + b"|q|m", InvalidConnectionId),
     (b"\xff|q|m", InvalidConnectionId),
+    (b"t\n|q|m", InvalidConnectionId),  # a regex "$" matches before a final newline: fullmatch
+    (b"a\r\n|q|m", InvalidConnectionId),
     (b"a||m", InvalidQueue),
     (b"a|" + b"q" * 256 + b"|m", InvalidQueue),
     (b"a|\xff\xfe|m", InvalidQueue),
+    (b"a|amq.rabbitmq.reply-to|m", InvalidQueue),  # RabbitMQ's direct reply-to: never a queue
+    (b"a|amq.rabbitmq.reply-to.x.y|m", InvalidQueue),  # this one makes RabbitMQ close the connection
 ])
 def test_bad_bodies_are_400(body, error):
     with pytest.raises(error) as info:

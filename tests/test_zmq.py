@@ -436,3 +436,36 @@ def test_curve_lets_allowed_keys_in_and_gives_unknown_keys_nothing(start, rabbit
             producer.close()
     assert sorted(rabbit.bodies(queue)) == [b"from the directory", b"from the list", b"still serving"]
     assert events(gw, "zmq_auth_denied")  # the operator sees who was refused
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set size (VmHWM), in KiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+def test_a_huge_frame_never_enters_the_relays_memory(start, rabbit):
+    # ZMQ_MAXMSGSIZE on the producer side: libzmq refuses the frame from its
+    # header, before allocating it, and drops that producer's connection.
+    queue = rabbit.queue("zmq")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    gw = start(address, workers=2)
+    relay = relay_pid(gw)
+    producer, attacker = Producer(address), Producer(address)
+    try:
+        assert producer.ask(b"1", f"a|{queue}|before".encode()) == [b"1", b"OK"]
+        before = _peak_rss_kib(relay)
+        huge = f"a|{queue}|".encode() + b"x" * (256 * 1024 * 1024)
+        attacker.sock.send_multipart([b"huge", huge], copy=False)
+        del huge
+        assert attacker.recv(timeout=3) is None  # dropped, never answered
+        # Slightly over MAX_BODY_SIZE is still read and answered.
+        assert producer.ask(b"2", f"a|{queue}|".encode() + b"x" * (1024 * 1024)) == [b"2", b"ERR 413 body_too_large"]
+        assert producer.ask(b"3", f"a|{queue}|after".encode()) == [b"3", b"OK"]
+        grown_mib = (_peak_rss_kib(relay) - before) / 1024
+        assert grown_mib < 32, f"relay's peak RSS grew by {grown_mib:.1f} MiB"
+        print(f"relay peak RSS before {before / 1024:.1f} MiB, growth with a 256 MiB frame {grown_mib:.1f} MiB")
+    finally:
+        producer.close()
+        attacker.close()
+    assert sorted(rabbit.bodies(queue)) == [b"after", b"before"]
