@@ -450,6 +450,9 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a publish waits for a free pooled connection before `503 pool_timeout`."),
     Option("CONFIRM_TIMEOUT", "confirm_timeout", "5", _number(float, 0.1, 120.0),
            "Seconds to wait for the broker's confirm before `503 confirm_timeout`."),
+    Option("QUEUE_CIRCUIT_OPEN", "queue_circuit_open", "5", _number(float, 0.0, 3600.0),
+           "Seconds a queue that stopped confirming (while the broker's other queues confirm) is answered "
+           "`503 queue_unavailable` at once, before one trial publish; 0: off."),
     Option("PUBLISH_TIMEOUT", "publish_timeout", "8", _number(float, 0.1, 300.0),
            "Overall deadline of one publish, retries and failover included."),
     Option("CONNECT_TIMEOUT", "connect_timeout", "3", _number(float, 0.1, 60.0),
@@ -550,6 +553,7 @@ class Settings:
     zmq_curve_client_keys: tuple[str, ...] = ()
     pool_timeout: float = 2.0
     confirm_timeout: float = 5.0
+    queue_circuit_open: float = 5.0
     publish_timeout: float = 8.0
     connect_timeout: float = 3.0
     heartbeat: int = 10

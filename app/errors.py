@@ -26,6 +26,7 @@
         ├── BrokerBlocked        503 broker_blocked
         ├── PublishNacked        503 nacked
         ├── ConfirmTimeout       503 confirm_timeout
+        ├── QueueUnavailable     503 queue_unavailable  (that queue stopped confirming; nothing sent)
         ├── ConnectionLost       503 connection_lost
         ├── ShuttingDown         503 shutting_down      (the worker is closing its connections)
         ├── Overloaded           503 overloaded         (shed: too many connections, body incomplete)
@@ -193,6 +194,12 @@ class PublishNacked(Unavailable):
 
 class ConfirmTimeout(Unavailable):
     code = "confirm_timeout"
+
+
+class QueueUnavailable(Unavailable):
+    """The queue stopped confirming while its broker's other queues did (app.circuit): refused at once."""
+
+    code = "queue_unavailable"
 
 
 class ConnectionLost(Unavailable):

@@ -27,6 +27,7 @@ from gevent.event import AsyncResult
 
 from app import metrics
 from app.broker import Message, Outcome
+from app.circuit import QueueCircuits
 from app.config import ConnectionSpec, Settings, check_connection_count
 from app.errors import (
     BrokerUnavailable,
@@ -71,6 +72,7 @@ class Route:
         self.settings = settings
         self.pools = [ConnectionPool(spec.conn_id, role, servers, settings) for role, servers in spec.brokers()]
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
+        self.circuits = QueueCircuits(settings.queue_circuit_open, settings.confirm_timeout)
         self._queued: deque[_Slot] = deque()
         self._flushers = 0
         self._collecting = False
@@ -189,6 +191,8 @@ class Route:
         """Publish each message with confirms; one outcome per message, in order."""
         outcomes: list[Outcome] = [None] * len(messages)
         todo = list(range(len(messages)))
+        if self.circuits.any_open:
+            todo = self._refuse_open_queues(messages, todo, outcomes)
         # Sent, then the connection died before the confirm: the broker may
         # have them, so their answer stays "cannot know" whatever the retries
         # that follow run into (a refused reconnect is no news about them).
@@ -247,13 +251,43 @@ class Route:
                     log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(retry), pool.name,
                                 conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
-                    pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
+                    if not self._queues_to_blame(messages, todo, results, sent_monotonic):
+                        pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
                 else:
                     pool.health.record_ok()
+                    if self.circuits.enabled:
+                        self.circuits.record((messages[i][0] for i, o in zip(todo, results, strict=True)
+                                              if o is None), (), sent_monotonic)
                 todo = retry
             if not todo:
                 break
         return self._fill(outcomes, todo, last_error, uncertain)
+
+    def _refuse_open_queues(self, messages: Sequence[Message], todo: list[int], outcomes: list[Outcome]) -> list[int]:
+        """Answer at once the messages whose queue's circuit is open; the rest, to publish."""
+        now = time.monotonic()
+        left = []
+        for index in todo:
+            refusal = self.circuits.refusal(messages[index][0], now)
+            if refusal is None:
+                left.append(index)
+            else:
+                outcomes[index] = refusal
+        return left
+
+    def _queues_to_blame(self, messages: Sequence[Message], todo: list[int], results: Sequence[Outcome],
+                         sent_at: float) -> bool:
+        """Confirms timed out: True if their queues stopped confirming while others did (app.circuit)."""
+        if not self.circuits.enabled:
+            return False
+        confirmed = [messages[i][0] for i, o in zip(todo, results, strict=True) if o is None]
+        late = {messages[i][0] for i, o in zip(todo, results, strict=True) if isinstance(o, ConfirmTimeout)}
+        blamed = self.circuits.record(confirmed, late, sent_at)
+        if blamed:
+            log.warning("queue(s) %s of %s stopped confirming while others confirm: refused for %gs",
+                        ", ".join(sorted(late)), self.conn_id, self.circuits.open_for,
+                        extra={"event": "queue_circuit_open", "conn_id": self.conn_id, "queues": sorted(late)})
+        return blamed
 
     def _isolate(self, pool: ConnectionPool, messages: Sequence[Message], suspects: list[int], deadline: float,
                  outcomes: list[Outcome], uncertain: dict[int, ConnectionLost]) -> list[int]:
@@ -324,11 +358,14 @@ class Route:
 
     def snapshot(self) -> dict[str, Any]:
         """Readiness view of this id: state, active broker, each pool; no secrets."""
-        return {
+        view: dict[str, Any] = {
             "ready": self.ready,
             "active": self.active_role,
             "brokers": {pool.role: pool.snapshot() for pool in self.pools},
         }
+        if self.circuits.any_open:
+            view["queues_refused"] = self.circuits.open_queues()
+        return view
 
 
 class Gateway:

@@ -76,7 +76,6 @@ loopback_users.guest = true
 # Small, like the tests: no node of this cluster may eat the machine.
 vm_memory_high_watermark.absolute = 512MB
 disk_free_limit.absolute = 50MB
-cluster_partition_handling = pause_minority
 EOF
         echo "[]." > "$DIR/n$n/advanced.config"
         echo "[]." > "$DIR/n$n/enabled_plugins"

@@ -31,6 +31,7 @@ from app import create_app
 from app.auth import parse_tokens
 from app.config import load_settings, settings_from_text
 from tests.support.server import REPO
+from tests.support.tls import make_pki
 
 BASE = REPO / "deploy" / "base"
 TARGETS = {"base": BASE, "production": REPO / "deploy" / "overlays" / "production"}
@@ -195,12 +196,18 @@ def test_config_map_is_mounted_where_the_app_reads_it_and_parses(tmp_path):
     config_map = _one("ConfigMap")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     text = config_map["data"][config_path.name]
-    # What the pod will see: the file plus the Secret's keys as files in GATEWAY_SECRETS_DIR.
-    (tmp_path / config_path.name).write_text(text)
+    # What the pod will see: the file plus the Secret's keys as files in GATEWAY_SECRETS_DIR
+    # (here in a directory of the test's, and the paths that name it moved there: TLS files are checked).
+    secret_mount = next(m for m in container["volumeMounts"] if m["name"] == "secret-files")["mountPath"]
     secret_dir = tmp_path / "secret"
     secret_dir.mkdir()
+    (tmp_path / config_path.name).write_text(text.replace(secret_mount, str(secret_dir)))
     for key, value in _one("Secret")["stringData"].items():
-        (secret_dir / key).write_text(value)
+        (secret_dir / key).write_text(value.replace(secret_mount, str(secret_dir)))
+    # The template's CA is a placeholder, and the config check loads it: a real one stands in.
+    assert "CHANGE-ME" in (secret_dir / "ca.crt").read_text()
+    (tmp_path / "pki").mkdir()
+    (secret_dir / "ca.crt").write_bytes(make_pki(tmp_path / "pki").ca.read_bytes())
     settings = load_settings(str(tmp_path / config_path.name), {"GATEWAY_SECRETS_DIR": str(secret_dir)})
     assert settings.connections and settings.connections[0].primary[0].tls
     assert "CHANGE-ME" not in text  # no password in the ConfigMap
@@ -208,10 +215,9 @@ def test_config_map_is_mounted_where_the_app_reads_it_and_parses(tmp_path):
     zmq_port = int(re.search(r":(\d+)$", settings.zmq_address).group(1))
     assert zmq_port == {p["name"]: p["containerPort"] for p in container["ports"]}["zmq"]
     # Files the config names (tokens, CA) are in the mounted Secret.
-    secret_mount = next(m for m in container["volumeMounts"] if m["name"] == "secret-files")
     secret = _one("Secret")["stringData"]
     for path in (settings.auth_tokens_file, settings.connections[0].primary[0].cacertfile):
-        assert path.startswith(secret_mount["mountPath"] + "/")
+        assert path.startswith(str(secret_dir) + "/")  # i.e. under the mount in the pod
         assert path.rpartition("/")[2] in secret
     assert parse_tokens(secret["tokens"], "tokens") == []  # the template holds no usable token
 
@@ -236,7 +242,10 @@ def test_shutdown_outlasts_gunicorns_graceful_timeout(gunicorn_conf):
     assert pause > 0
     # SIGTERM comes after the pause; then gunicorn gives requests graceful_timeout, then closes AMQP.
     assert pod["terminationGracePeriodSeconds"] > pause + gunicorn_conf["graceful_timeout"] + 5
-    assert gunicorn_conf["worker_class"] == "gevent"
+    from gunicorn.util import load_class
+    from gunicorn.workers.ggevent import GeventWorker
+
+    assert issubclass(load_class(gunicorn_conf["worker_class"]), GeventWorker)
 
 
 def test_runs_non_root_on_a_read_only_root_filesystem():

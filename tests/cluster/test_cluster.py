@@ -136,20 +136,42 @@ def test_a_node_hung_for_ten_seconds(cluster, gateway, queue):
 
 
 def test_two_of_three_nodes_down_no_quorum(cluster, gateway, queue):
-    burst = _burst(gateway, queue)
-    gevent.sleep(2)
+    """The survivor takes publishes but cannot confirm them for the quorum queue; its classic queue can.
+
+    The quorum queue's circuit opens (``503 queue_unavailable`` at once) instead of
+    every client waiting out the confirm timeout and the route being marked down:
+    the classic queue on the same node keeps publishing throughout.
+    """
     leader = cluster.leader(queue)
+    classic = cluster.classic_queue("beside", leader)  # its home is the node that stays up
+    burst = _burst(gateway, queue)
+    beside = Burst(over_http(gateway.port, CONN_ID, classic, timeout=30), concurrency=2, interval=0.01).start()
+    gevent.sleep(2)
     down = [n for n in cluster.nodes if n != leader]
     for node in down:
         cluster.kill(node)
-    gevent.sleep(6)
+    outage = time.monotonic()
+    gevent.sleep(8)
+    ended = time.monotonic()
     for node in down:
         cluster.revive(node, wait=False)
     cluster.wait_all_running()
     gevent.sleep(2)
     burst.stop()
-    counts = finish("cluster: two of three nodes kill -9 (no quorum), revived", burst, cluster, queue)
+    beside.stop()
+    during = [t for t in beside.ok.values() if outage + 3 <= t <= ended]
+    waits = sorted(burst.latencies)
+    counts = finish("cluster: two of three nodes kill -9 (no quorum), revived: the quorum queue", burst, cluster,
+                    queue)
+    beside_counts = finish("cluster: the same outage: a classic queue on the surviving node", beside, cluster,
+                           classic)
+    report.note(f"cluster, no quorum: quorum-queue clients waited {waits[len(waits) // 2] * 1000:.0f} ms "
+                f"(median), {waits[int(len(waits) * 0.99)] * 1000:.0f} ms (p99); the classic queue beside it "
+                f"got {len(during)} 200s in the outage's last {ended - outage - 3:.0f} s")
     assert counts["acknowledged"] > 0, counts
+    assert beside_counts["lost"] == 0
+    # The other queue on the same broker kept publishing while the quorum queue could not confirm.
+    assert len(during) > 20, (len(during), beside.refused_codes())
 
 
 def test_whole_cluster_down_then_up(cluster, gateway, queue):

@@ -108,6 +108,15 @@ class Cluster:
             channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
         return name
 
+    def classic_queue(self, prefix: str, node: int) -> str:
+        """A classic queue whose home is ``node`` (declared through it)."""
+        name = unique(prefix)
+        params = pika.ConnectionParameters("127.0.0.1", self.ports[node - 1], self.vhost,
+                                           pika.PlainCredentials("guest", "guest"), heartbeat=0)
+        with pika.BlockingConnection(params) as connection:
+            connection.channel().queue_declare(name, durable=True)
+        return name
+
     def purge(self, queue: str) -> None:
         connection, channel = self._channel()
         with connection:
