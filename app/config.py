@@ -485,6 +485,13 @@ OPTIONS: tuple[Option, ...] = (
            "and one retry resends one); a flapping broker cannot multiply the load."),
     Option("RETRY_BUDGET_MIN", "retry_budget_min", "10", _number(float, 0.0, 100000.0),
            "Retries per second always allowed, whatever the ratio."),
+    Option("NACK_RETIRE_AFTER", "nack_retire_after", "5", _number(int, 0, 100000),
+           "Nacks in a row, with no ack between, after which a connection is retired and those messages "
+           "retried once on another (a channel broken on its own, e.g. after a quorum queue's leader change); "
+           "0: never."),
+    Option("NACK_QUEUE_HOLD", "nack_queue_hold", "60", _number(float, 0.0, 86400.0),
+           "Seconds a queue whose nacks were its own (nacked again on a fresh connection: full, "
+           "`reject-publish`) retires no connection and gets no retry."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
     Option("BATCH_MAX_MESSAGES", "batch_max_messages", "1000", _number(int, 1, 100000),
@@ -557,6 +564,8 @@ class Settings:
     server_quarantine: float = 5.0
     retry_budget_ratio: float = 0.2
     retry_budget_min: float = 10.0
+    nack_retire_after: int = 5
+    nack_queue_hold: float = 60.0
     max_body_size: int = 1048576
     batch_max_messages: int = 1000
     batch_max_size: int = 16777216

@@ -26,7 +26,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from app import metrics
-from app.broker import Message, Outcome
+from app.broker import BrokerConnection, Message, Outcome
 from app.config import ConnectionSpec, Settings, check_connection_count
 from app.errors import (
     BrokerUnavailable,
@@ -34,11 +34,13 @@ from app.errors import (
     ConnectionLost,
     GatewayError,
     PoolTimeout,
+    PublishNacked,
     ShuttingDown,
     Unavailable,
     UnknownConnection,
 )
 from app.health import BrokerHealth
+from app.nacks import NackJudge
 from app.pool import ConnectionPool
 from app.retry import RetryBudget
 
@@ -70,6 +72,7 @@ class Route:
         self.settings = settings
         self.pools = [ConnectionPool(spec.conn_id, role, servers, settings) for role, servers in spec.brokers()]
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
+        self.nacks = NackJudge(spec.conn_id, settings.nack_retire_after, settings.nack_queue_hold)
         self._queued: deque[_Slot] = deque()
         self._flushers = 0
         self._collecting = False
@@ -192,6 +195,7 @@ class Route:
         # have them, so their answer stays "cannot know" whatever the retries
         # that follow run into (a refused reconnect is no news about them).
         uncertain: dict[int, GatewayError] = {}
+        nack_retried: dict[int, float] = {}  # retried after a nack streak -> when that streak began
         last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
         self.retry_budget.deposit()
         retrying = False
@@ -217,6 +221,7 @@ class Route:
                             persistent=self.settings.persistent,
                         )
                         metrics.CONFIRM_SECONDS.labels(self.conn_id, pool.role).observe(time.perf_counter() - sent)
+                        renack = self._judge_nacks(conn, [messages[i][0] for i in todo], results, todo, nack_retried)
                 except PoolTimeout as exc:
                     last_error = exc
                     if pool.health.is_up:
@@ -233,12 +238,18 @@ class Route:
                     if isinstance(outcome, ConnectionLost):
                         retry.append(index)
                         uncertain[index] = last_error = outcome
+                    elif index in renack:
+                        retry.append(index)  # nacked by a connection now retired: once more, elsewhere
+                        last_error = outcome or last_error
+                        outcomes[index] = outcome
                     else:
                         outcomes[index] = outcome
                 if retry:
                     retrying = True
-                    log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(retry), pool.name,
-                                conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
+                    lost = len(retry) - len(renack)  # (nack retries were logged as the connection retired)
+                    if lost:
+                        log.warning("connection lost under %d publish(es) on %s (%s); retrying", lost, pool.name,
+                                    conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
                     pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
                 else:
@@ -247,6 +258,29 @@ class Route:
             if not todo:
                 break
         return self._fill(outcomes, todo, last_error, uncertain)
+
+    def _judge_nacks(self, conn: BrokerConnection, queues: list[str], results: list[Outcome], todo: list[int],
+                     nack_retried: dict[int, float]) -> set[int]:
+        """Log a batch's nacks; retire ``conn`` if they are its own; the indexes to retry once elsewhere."""
+        nacked = [(index, queue) for index, queue, outcome in zip(todo, queues, results, strict=True)
+                  if isinstance(outcome, PublishNacked)]
+        if not nacked:
+            return set()
+        self.nacks.note(conn, len(nacked), (queue for _, queue in nacked))
+        for index, queue in nacked:
+            if index in nack_retried:
+                self.nacks.nacked_again(queue, conn, nack_retried[index])
+        if not self.nacks.should_retire(conn, (queue for _, queue in nacked)):
+            return set()
+        streak, since = conn.nack_streak, conn.nack_streak_since
+        conn.retired = f"{streak} nacks in a row"
+        again = {index for index, queue in nacked if index not in nack_retried and not self.nacks.is_queue_fate(queue)}
+        for index in again:
+            nack_retried[index] = since
+        log.warning("retiring connection %s to %s after %d nacks in a row; retrying %d message(s) once elsewhere",
+                    conn.name, conn.address.display, streak, len(again),
+                    extra={"event": "connection_nack_retired", **conn.log_fields})
+        return again
 
     @staticmethod
     def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError,
