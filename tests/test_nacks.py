@@ -73,7 +73,7 @@ def test_a_full_queue_nacks_without_churning_connections(start_gateway, rabbit, 
     pool = gw.route("a").pools[0]
     wait_until(lambda: pool.open_count == 2, 5)
     for round_ in range(2):
-        for i in range(30):
+        for _ in range(30):
             with pytest.raises(PublishNacked):
                 gw.publish("a", full, b"x")
         retired = events.count("connection_nack_retired")
