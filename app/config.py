@@ -262,7 +262,7 @@ def parse_servers(text: str) -> Servers:
     return tuple(parse_broker(part) for part in parts)
 
 
-def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
+def parse_connection(conn_id: str, values: list[str], check_files: bool = True) -> ConnectionSpec:
     """Build a :class:`ConnectionSpec` from ``id`` and ``primary[,backup]``.
 
     Errors name neither the id nor any part of the brokers (the caller says
@@ -292,7 +292,7 @@ def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
         # with user "cd": a password's "," or ";" is the likelier story.
         raise ValueError(f"some servers are written with user:password@ and some without; {SEED_HINT}")
     spec = ConnectionSpec(conn_id, primary, backup)
-    for role, servers in spec.brokers():
+    for role, servers in spec.brokers() if check_files else ():
         for address in servers:
             if address.tls:
                 try:
@@ -699,8 +699,13 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
     return settings_from_text(read_text_file(path), path, env)
 
 
-def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, str] | None = None) -> Settings:
-    """Build :class:`Settings` from config text plus ``GATEWAY_*`` overrides."""
+def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, str] | None = None,
+                       check_files: bool = True) -> Settings:
+    """Build :class:`Settings` from config text plus ``GATEWAY_*`` overrides.
+
+    ``check_files=False`` skips loading the TLS files it names (a config
+    checked on another machine than the one it is meant for).
+    """
     scalars, conn_lines = parse_lines(text.splitlines(), source)
     values: dict[str, Any] = {}
     for key, (raw, number) in scalars.items():
@@ -712,7 +717,7 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
     specs: dict[str, ConnectionSpec] = {}
     for conn_id, (parts, number) in conn_lines.items():
         try:
-            specs[conn_id] = parse_connection(conn_id, parts)
+            specs[conn_id] = parse_connection(conn_id, parts, check_files)
         except ValueError as exc:
             raise ConfigError(f"RMQ_CONN_STR: {exc}", source, number) from None
 
@@ -723,7 +728,7 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
         if key.startswith("RMQ_CONN_STR_"):
             conn_id = key[len("RMQ_CONN_STR_"):]
             try:
-                specs[conn_id] = parse_connection(conn_id, raw.split(","))
+                specs[conn_id] = parse_connection(conn_id, raw.split(","), check_files)
             except ValueError as exc:
                 raise ConfigError(str(exc), f"environment {name}") from None
             continue
