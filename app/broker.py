@@ -169,6 +169,10 @@ class BrokerConnection:
         self.blocked = False
         self.suspect = False  # a confirm timed out: the socket may be dead
         self.closing = False  # we asked for the close: not a failure to report
+        self.retired: str | None = None  # why the gateway stopped lending it (it still works: closed cleanly)
+        # Nacks in a row with no ack between, and since when (app.nacks judges them).
+        self.nack_streak = 0
+        self.nack_streak_since = 0.0
         self.log_fields: dict[str, str] = {"server": address.display}  # + conn_id and role, for its log lines
         self._plain_transport: _AsyncPlaintextTransport | None = None  # set once confirms are ours
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
@@ -273,10 +277,12 @@ class BrokerConnection:
     def _settle(self, entry: _Pending, nacked: bool) -> None:
         if nacked:
             outcome: Outcome = PublishNacked("the broker refused the message (nack)")
-        elif entry.returned:
-            outcome = Unroutable("no queue is bound to that routing key")
+            if not self.nack_streak:
+                self.nack_streak_since = time.monotonic()
+            self.nack_streak += 1
         else:
-            outcome = None
+            self.nack_streak = 0
+            outcome = Unroutable("no queue is bound to that routing key") if entry.returned else None
         entry.batch.settle(entry.index, outcome)
 
     def _on_return(self, _channel: object, _method: object, properties: spec.BasicProperties, _body: bytes) -> None:
@@ -324,10 +330,11 @@ class BrokerConnection:
 
     @property
     def usable(self) -> bool:
-        """Open, with its channel, not lost and not suspect."""
+        """Open, with its channel, not lost, not suspect and not retired."""
         return (
             self.lost_reason is None
             and not self.suspect
+            and self.retired is None
             and self._channel is not None
             and self._channel.is_open
         )

@@ -263,7 +263,7 @@ def parse_servers(text: str) -> Servers:
     return tuple(parse_broker(part) for part in parts)
 
 
-def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
+def parse_connection(conn_id: str, values: list[str], check_files: bool = True) -> ConnectionSpec:
     """Build a :class:`ConnectionSpec` from ``id`` and ``primary[,backup]``.
 
     Errors name neither the id nor any part of the brokers (the caller says
@@ -293,7 +293,7 @@ def parse_connection(conn_id: str, values: list[str]) -> ConnectionSpec:
         # with user "cd": a password's "," or ";" is the likelier story.
         raise ValueError(f"some servers are written with user:password@ and some without; {SEED_HINT}")
     spec = ConnectionSpec(conn_id, primary, backup)
-    for role, servers in spec.brokers():
+    for role, servers in spec.brokers() if check_files else ():
         for address in servers:
             if address.tls:
                 try:
@@ -495,6 +495,13 @@ OPTIONS: tuple[Option, ...] = (
            "and one retry resends one); a flapping broker cannot multiply the load."),
     Option("RETRY_BUDGET_MIN", "retry_budget_min", "10", _number(float, 0.0, 100000.0),
            "Retries per second always allowed, whatever the ratio."),
+    Option("NACK_RETIRE_AFTER", "nack_retire_after", "5", _number(int, 0, 100000),
+           "Nacks in a row, with no ack between, after which a connection is retired and those messages "
+           "retried once on another (a channel broken on its own, e.g. after a quorum queue's leader change); "
+           "0: never."),
+    Option("NACK_QUEUE_HOLD", "nack_queue_hold", "60", _number(float, 0.0, 86400.0),
+           "Seconds a queue whose nacks were its own (nacked again on a fresh connection: full, "
+           "`reject-publish`) retires no connection and gets no retry."),
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
     Option("CLIENT_BODY_TIMEOUT", "client_body_timeout", "10", _number(float, 0.1, 3600.0),
@@ -573,6 +580,8 @@ class Settings:
     rebalance_interval: float = 10.0
     retry_budget_ratio: float = 0.2
     retry_budget_min: float = 10.0
+    nack_retire_after: int = 5
+    nack_queue_hold: float = 60.0
     max_body_size: int = 1048576
     client_body_timeout: float = 10.0
     batch_max_messages: int = 1000
@@ -733,8 +742,13 @@ def secret_files(directory: str) -> dict[str, str]:
     return found
 
 
-def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, str] | None = None) -> Settings:
-    """Build :class:`Settings` from config text plus ``GATEWAY_*`` overrides."""
+def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, str] | None = None,
+                       check_files: bool = True) -> Settings:
+    """Build :class:`Settings` from config text plus ``GATEWAY_*`` overrides.
+
+    ``check_files=False`` skips loading the TLS files it names (a config
+    checked on another machine than the one it is meant for).
+    """
     scalars, conn_lines = parse_lines(text.splitlines(), source)
     values: dict[str, Any] = {}
     for key, (raw, number) in scalars.items():
@@ -746,7 +760,7 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
     specs: dict[str, ConnectionSpec] = {}
     for conn_id, (parts, number) in conn_lines.items():
         try:
-            specs[conn_id] = parse_connection(conn_id, parts)
+            specs[conn_id] = parse_connection(conn_id, parts, check_files)
         except ValueError as exc:
             raise ConfigError(f"RMQ_CONN_STR: {exc}", source, number) from None
 
@@ -757,7 +771,7 @@ def settings_from_text(text: str, source: str = "<text>", environ: Mapping[str, 
         if key.startswith("RMQ_CONN_STR_"):
             conn_id = key[len("RMQ_CONN_STR_"):]
             try:
-                specs[conn_id] = parse_connection(conn_id, raw.split(","))
+                specs[conn_id] = parse_connection(conn_id, raw.split(","), check_files)
             except ValueError as exc:
                 raise ConfigError(str(exc), f"environment {name}") from None
             continue

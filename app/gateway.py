@@ -26,7 +26,7 @@ import gevent
 from gevent.event import AsyncResult
 
 from app import metrics
-from app.broker import Message, Outcome
+from app.broker import BrokerConnection, Message, Outcome
 from app.circuit import QueueCircuits
 from app.config import ConnectionSpec, Settings, check_connection_count
 from app.errors import (
@@ -35,12 +35,14 @@ from app.errors import (
     ConnectionLost,
     GatewayError,
     PoolTimeout,
+    PublishNacked,
     RejectedByBroker,
     ShuttingDown,
     Unavailable,
     UnknownConnection,
 )
 from app.health import BrokerHealth
+from app.nacks import NackJudge
 from app.pool import ConnectionPool
 from app.retry import RetryBudget
 
@@ -73,6 +75,7 @@ class Route:
         self.pools = [ConnectionPool(spec.conn_id, role, servers, settings) for role, servers in spec.brokers()]
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         self.circuits = QueueCircuits(settings.queue_circuit_open, settings.confirm_timeout)
+        self.nacks = NackJudge(spec.conn_id, settings.nack_retire_after, settings.nack_queue_hold)
         self._queued: deque[_Slot] = deque()
         self._flushers = 0
         self._collecting = False
@@ -197,6 +200,7 @@ class Route:
         # have them, so their answer stays "cannot know" whatever the retries
         # that follow run into (a refused reconnect is no news about them).
         uncertain: dict[int, ConnectionLost] = {}
+        nack_retried: dict[int, float] = {}  # retried after a nack streak -> when that streak began
         last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
         self.retry_budget.deposit()
         retrying = False
@@ -222,6 +226,7 @@ class Route:
                             persistent=self.settings.persistent,
                         )
                         metrics.CONFIRM_SECONDS.labels(self.conn_id, pool.role).observe(time.perf_counter() - sent)
+                        renack = self._judge_nacks(conn, [messages[i][0] for i in todo], results, todo, nack_retried)
                 except PoolTimeout as exc:
                     last_error = exc
                     if pool.health.is_up:
@@ -238,18 +243,26 @@ class Route:
                     if isinstance(outcome, ConnectionLost):
                         retry.append(index)
                         uncertain[index] = last_error = outcome
+                    elif index in renack:
+                        retry.append(index)  # nacked by a connection now retired: once more, elsewhere
+                        last_error = outcome or last_error
+                        outcomes[index] = outcome
                     else:
                         outcomes[index] = outcome
-                refused = [i for i in retry if uncertain[i].refused_code is not None]
-                if refused:
+                lost_here = [i for i, o in zip(todo, results, strict=True) if isinstance(o, ConnectionLost)]
+                if any(uncertain[i].refused_code is not None for i in lost_here):
                     # The broker closed the connection over one of these: find
-                    # which before retrying the others (a message fails only itself).
-                    retry = self._isolate(pool, messages, retry, deadline, outcomes, uncertain)
+                    # which before retrying the others (a message fails only itself);
+                    # nacks of a retired connection are retried once as they are.
+                    retry = [i for i in retry if i not in lost_here] + self._isolate(
+                        pool, messages, lost_here, deadline, outcomes, uncertain)
                     attempts -= 1  # every such round answers one message for good: it ends
                 elif retry:
                     retrying = True
-                    log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(retry), pool.name,
-                                conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
+                    lost = len(retry) - len(renack)  # (nack retries were logged as the connection retired)
+                    if lost:
+                        log.warning("connection lost under %d publish(es) on %s (%s); retrying", lost, pool.name,
+                                    conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
                     if not self._queues_to_blame(messages, todo, results, sent_monotonic):
                         pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
@@ -333,6 +346,29 @@ class Route:
                         extra={"event": "publish_rejected", "conn_id": self.conn_id, "role": pool.role})
             return suspects[position + 1:]
         return []
+
+    def _judge_nacks(self, conn: BrokerConnection, queues: list[str], results: list[Outcome], todo: list[int],
+                     nack_retried: dict[int, float]) -> set[int]:
+        """Log a batch's nacks; retire ``conn`` if they are its own; the indexes to retry once elsewhere."""
+        nacked = [(index, queue) for index, queue, outcome in zip(todo, queues, results, strict=True)
+                  if isinstance(outcome, PublishNacked)]
+        if not nacked:
+            return set()
+        self.nacks.note(conn, len(nacked), (queue for _, queue in nacked))
+        for index, queue in nacked:
+            if index in nack_retried:
+                self.nacks.nacked_again(queue, conn, nack_retried[index])
+        if not self.nacks.should_retire(conn, (queue for _, queue in nacked)):
+            return set()
+        streak, since = conn.nack_streak, conn.nack_streak_since
+        conn.retired = f"{streak} nacks in a row"
+        again = {index for index, queue in nacked if index not in nack_retried and not self.nacks.is_queue_fate(queue)}
+        for index in again:
+            nack_retried[index] = since
+        log.warning("retiring connection %s to %s after %d nacks in a row; retrying %d message(s) once elsewhere",
+                    conn.name, conn.address.display, streak, len(again),
+                    extra={"event": "connection_nack_retired", **conn.log_fields})
+        return again
 
     @staticmethod
     def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError,

@@ -204,7 +204,7 @@ class ConnectionPool:
         if self._closed:
             self._spawn_close(conn)
         elif not conn.usable:
-            self._discard(conn, conn.lost_reason or "confirm timed out")
+            self._discard(conn, conn.lost_reason or conn.retired or "confirm timed out")
         elif time.monotonic() >= self._expiry.get(conn, float("inf")):
             self._retire(conn, "max age reached")
         elif self.open_count + 1 > self.size and not self._waiters:
