@@ -505,8 +505,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("MAX_BODY_SIZE", "max_body_size", "1048576", _number(int, 1, 512 * 1024 * 1024),
            "Largest accepted request body in bytes (`413` above it)."),
     Option("CLIENT_BODY_TIMEOUT", "client_body_timeout", "10", _number(float, 0.1, 3600.0),
-           "Seconds a client has to send a request body once its headers are in; then `408` and the connection "
-           "is closed, nothing published (headers: gunicorn's `keepalive`, `GATEWAY_KEEPALIVE`)."),
+           "Seconds a client has to send a request body once its headers are in (each gets 75-100 % of it); then "
+           "`408` and the connection is closed, nothing published (headers: gunicorn's `keepalive`, "
+           "`GATEWAY_KEEPALIVE`)."),
     Option("BATCH_MAX_MESSAGES", "batch_max_messages", "1000", _number(int, 1, 100000),
            "Most messages in one `POST /publish/batch`."),
     Option("BATCH_MAX_SIZE", "batch_max_size", "16777216", _number(int, 1, 1024 * 1024 * 1024),

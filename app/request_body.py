@@ -12,7 +12,7 @@ gunicorn's readers do not all say so themselves (gunicorn 27, ``gunicorn/http/bo
 - ``Transfer-Encoding: gzip, chunked`` is accepted and the body handed over still
   compressed: a coding we do not implement is answered 501 (RFC 9112 section 6.1).
 
-Reading is bounded in time (``CLIENT_BODY_TIMEOUT``: ``408``) and, while the body
+Reading is bounded in time (75-100 % of ``CLIENT_BODY_TIMEOUT``: ``408``) and, while the body
 is still arriving, the connection may be shed by the worker when it is at its
 connection limit (:mod:`app.client_guard`: ``503 overloaded``). Every error
 raised here closes the connection (the rest of the request cannot be trusted).
@@ -21,6 +21,7 @@ raised here closes the connection (the rest of the request cannot be trusted).
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import gevent
@@ -39,6 +40,8 @@ from app.errors import (
 from app.retry import RetryBudget
 
 log = logging.getLogger(__name__)
+
+TIMEOUT_JITTER = 0.25  # a body gets 75-100 % of CLIENT_BODY_TIMEOUT
 
 # What gunicorn's chunked reader raises for a body that breaks the framing.
 _MALFORMED = (gunicorn_errors.InvalidChunkSize, gunicorn_errors.ChunkMissingTerminator,
@@ -59,10 +62,13 @@ def read_body(environ: dict[str, Any], limit: int, timeout: float) -> bytes:
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit}")
     stream = environ["wsgi.input"]
+    # Jittered, like keepalive (app/worker.py): slow bodies that arrived together
+    # (a flood's) are not all cut off, and reopened, in one burst.
+    timeout *= random.uniform(1.0 - TIMEOUT_JITTER, 1.0)
     shed = Overloaded("the gateway is at its connection limit and the body was still arriving")
     try:
         with client_guard.PENDING.waiting(shed), \
-                gevent.Timeout(timeout, RequestTimeout(f"the body did not arrive within {timeout:g}s")):
+                gevent.Timeout(timeout, RequestTimeout(f"the body did not arrive within {timeout:.1f}s")):
             data: bytes = stream.read(limit + 1 if length is None else length)  # bounded even for chunked bodies
     except GatewayError as exc:
         raise _logged(exc) from None

@@ -169,6 +169,8 @@ def trickle(port: int, head: bytes, drip: bytes, every: float = 0.25, limit: flo
                 chunk = sock.recv(65536)
             except TimeoutError:
                 continue
+            except ConnectionResetError:
+                break  # closed with our bytes unread: the kernel resets, and may drop the answer
             out += chunk
             if not chunk:
                 break
@@ -180,16 +182,16 @@ def trickle(port: int, head: bytes, drip: bytes, every: float = 0.25, limit: flo
 def test_a_slow_body_or_slow_headers_get_a_bounded_time(gateway, rabbit):
     queue = rabbit.queue()
     body = f"a|{queue}|".encode() + b"s" * 200
-    # The body: CLIENT_BODY_TIMEOUT (2 s here) from the end of the headers, then 408 and closed.
+    # The body: CLIENT_BODY_TIMEOUT (2 s here, 75-100 % of it) after the headers, then 408 and closed.
     for path in ("/publish", "/publish/batch"):
         head = post(path, f"Content-Length: {len(body)}\r\n", b"")
         out, took = trickle(gateway.port, head, body)
         status, headers, error = answer(out)
         assert (status, error["error"], headers["connection"]) == (408, "body_timeout", "close"), error
-        assert 1.9 < took < 5, took
+        assert 1.4 < took < 5, took  # CLIENT_BODY_TIMEOUT, jittered 75-100 %
         out, took = trickle(gateway.port, chunked(path, b""), b"%x\r\n" % len(body) + body)
-        assert answer(out)[0] == 408 and took < 5
+        assert (not out or answer(out)[0] == 408) and 1.4 < took < 5, (out, took)
     # The headers: gunicorn's keepalive (GATEWAY_KEEPALIVE, 2 s here), then closed without an answer.
     out, took = trickle(gateway.port, b"POST /publish HTTP/1.1\r\n", b"X-Slow: " + b"h" * 100)
-    assert out == b"" and 1.9 < took < 5, (out, took)
+    assert out == b"" and 0.9 < took < 5, (out, took)  # keepalive, jittered 50-100 %
     assert_nothing_published(gateway, rabbit, queue)
