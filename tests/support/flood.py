@@ -123,6 +123,56 @@ class Prober:
         return time.monotonic() - self.started
 
 
+_PROBE_SCRIPT = """
+import http.client, sys, time
+port, path, interval, limit, out = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+ends = time.monotonic() + limit
+with open(out, "w", buffering=1) as log:
+    while time.monotonic() < ends:
+        began = time.monotonic()
+        ok = 0
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", path, headers={"Connection": "close"})
+            ok = int(conn.getresponse().status == 200)
+            conn.close()
+        except (OSError, http.client.HTTPException):
+            pass
+        log.write(f"{began} {time.monotonic() - began} {ok}\\n")
+        time.sleep(max(0.0, interval - (time.monotonic() - began)))
+"""
+
+
+class ProcessProber:
+    """A kubelet-like probe in a process of its own (not in the attacker's hub): GET every ``interval``.
+
+    It writes ``<start> <latency> <ok>`` per probe (CLOCK_MONOTONIC is shared by
+    the processes of a machine), so a window of the run can be read afterwards.
+    """
+
+    def __init__(self, port: int, path: str, interval: float, out: str, limit: float = 120):
+        import subprocess
+        import sys
+
+        self.out = out
+        self.proc = subprocess.Popen([sys.executable, "-c", _PROBE_SCRIPT, str(port), path, str(interval),
+                                      str(limit), out])
+
+    def latencies(self, since: float, until: float = float("inf")) -> list[float]:
+        """The latencies of the probes started in [since, until)."""
+        found = []
+        with open(self.out) as log:
+            for line in log:
+                parts = line.split()
+                if len(parts) == 3 and since <= float(parts[0]) < until:
+                    found.append(float(parts[1]))
+        return found
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def get_status(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 5) -> int:
     """One request on a new connection, closed after; its status."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
