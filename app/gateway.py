@@ -238,31 +238,31 @@ class Route:
                     # Nothing was sent (broker down, blocked): try the next broker.
                     last_error = exc
                     break
-                retry = []
+                lost_here: list[int] = []  # the connection died under these
+                renacked: list[int] = []  # nacked by a connection now retired: once more, elsewhere
                 for index, outcome in zip(todo, results, strict=True):
                     if isinstance(outcome, ConnectionLost):
-                        retry.append(index)
+                        lost_here.append(index)
                         uncertain[index] = last_error = outcome
                     elif index in renack:
-                        retry.append(index)  # nacked by a connection now retired: once more, elsewhere
+                        renacked.append(index)
                         last_error = outcome or last_error
                         outcomes[index] = outcome
                     else:
                         outcomes[index] = outcome
-                lost_here = [i for i, o in zip(todo, results, strict=True) if isinstance(o, ConnectionLost)]
+                retry = sorted(lost_here + renacked)  # in the order sent
                 if any(uncertain[i].refused_code is not None for i in lost_here):
                     # The broker closed the connection over one of these: find
                     # which before retrying the others (a message fails only itself);
                     # nacks of a retired connection are retried once as they are.
-                    retry = [i for i in retry if i not in lost_here] + self._isolate(
-                        pool, messages, lost_here, deadline, outcomes, uncertain)
+                    retry = renacked + self._isolate(pool, messages, lost_here, deadline, outcomes, uncertain)
                     attempts -= 1  # every such round answers one message for good: it ends
                 elif retry:
                     retrying = True
-                    lost = len(retry) - len(renack)  # (nack retries were logged as the connection retired)
-                    if lost:
-                        log.warning("connection lost under %d publish(es) on %s (%s); retrying", lost, pool.name,
-                                    conn.address.display, extra={"event": "publish_retry", **conn.log_fields})
+                    if lost_here:  # (nack retries were logged as the connection retired)
+                        log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(lost_here),
+                                    pool.name, conn.address.display,
+                                    extra={"event": "publish_retry", **conn.log_fields})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
                     if not self._queues_to_blame(messages, todo, results, sent_monotonic):
                         pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)

@@ -90,33 +90,32 @@ def _attack(gw: GatewayProcess, rabbit, queue: str, name: str, make_attack) -> d
     return {"p50": p50, "p99": p99, "rate": rate}
 
 
-def test_idle_connection_flood_keeps_health_fast(gateway, rabbit):
-    ensure_fd_limit(6000)
-    gw = gateway(env={"GATEWAY_KEEPALIVE": "5"})
+def _flood(gw: GatewayProcess, rabbit, count: int, kind: str, name: str) -> Flood:
+    """``count`` attacking connections of ``kind`` under _attack's measurement; the flood, for its counts."""
     queue = rabbit.queue("flood")
     flood: list[Flood] = []
 
     def attack() -> Flood:
-        flood.append(Flood(gw.port, 4000, "idle", queue, duration=ATTACK_SECONDS + 5))
+        flood.append(Flood(gw.port, count, kind, queue, duration=ATTACK_SECONDS + 5))
         return flood[0]
 
-    _attack(gw, rabbit, queue, "idle-connection flood, 4000 held and reopened", attack)
-    assert flood[0].closed_by_server > 0  # idle connections are timed out (keepalive) and reopened
+    _attack(gw, rabbit, queue, name, attack)
+    return flood[0]
+
+
+def test_idle_connection_flood_keeps_health_fast(gateway, rabbit):
+    ensure_fd_limit(6000)
+    gw = gateway(env={"GATEWAY_KEEPALIVE": "5"})
+    flood = _flood(gw, rabbit, 4000, "idle", "idle-connection flood, 4000 held and reopened")
+    assert flood.closed_by_server > 0  # idle connections are timed out (keepalive) and reopened
 
 
 def test_slow_body_flood_keeps_health_fast_and_publishes_nothing(gateway, rabbit):
     ensure_fd_limit(4000)
     gw = gateway("CLIENT_BODY_TIMEOUT,5")
-    queue = rabbit.queue("flood")
-    flood: list[Flood] = []
-
-    def attack() -> Flood:
-        flood.append(Flood(gw.port, 1500, "trickle", queue, duration=ATTACK_SECONDS + 5))
-        return flood[0]
-
-    _attack(gw, rabbit, queue, "slow-body flood, 1500 bodies at 1 byte/s", attack)
+    flood = _flood(gw, rabbit, 1500, "trickle", "slow-body flood, 1500 bodies at 1 byte/s")
     # Their bodies never completed: cut off by CLIENT_BODY_TIMEOUT, reopened, nothing of them published.
-    assert flood[0].closed_by_server >= 1500
+    assert flood.closed_by_server >= 1500
 
 
 class _PoisonStream:
