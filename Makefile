@@ -47,10 +47,10 @@ run: venv  ## Run the gateway with config/pool.cfg (gunicorn, gevent workers)
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 check-config: venv  ## Check a config file and exit non-zero on an error, like nginx -t (CONFIG=path, default GATEWAY_CONFIG or config/pool.cfg)
-	$(PY) -m app.check_config $(CONFIG)
+	$(PY) -m app.config.check $(CONFIG)
 
 schema: venv  ## Apply config/schema.sql to the database GATEWAY_CONFIG names (idempotent)
-	$(PY) -m app.dbschema
+	$(PY) -m app.db.schema
 
 test: venv services $(TOOLS)/.installed  ## Run the whole test suite against the real brokers
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -39,14 +39,14 @@ def _remove_metrics_dir():
     if path and path == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(path, ignore_errors=True)
 
-wsgi_app = "app.wsgi:app"
+wsgi_app = "app.http.wsgi:app"
 bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
 # gunicorn's gevent worker, which near worker_connections sheds connections
 # that have not delivered a complete request (idle keep-alive, slow headers or
 # body) instead of leaving new ones, health probes included, in the listen
-# backlog (app/worker.py).
-worker_class = "app.worker.GatewayWorker"
+# backlog (app/http/worker.py).
+worker_class = "app.http.worker.GatewayWorker"
 # Client connections per worker. An idle gevent connection costs a file
 # descriptor and a few kB, so the limit is high: a flood of idle or slow
 # connections is held (and timed out) rather than left to fill the listen
@@ -70,7 +70,7 @@ graceful_timeout = 20  # SIGTERM: requests in flight get this long to be answere
 backlog = 4096
 # Seconds a client connection may wait for its next request and take to send
 # its headers (gunicorn bounds both with one timer); the body then has
-# CLIENT_BODY_TIMEOUT (app/config.py).
+# CLIENT_BODY_TIMEOUT (app/config/__init__.py).
 keepalive = max(1, int(os.environ.get("GATEWAY_KEEPALIVE", "5")))  # 0 would leave headers unbounded
 # gunicorn-h1c's C parser (pinned in pyproject.toml) when it is installed, else
 # gunicorn's Python parser: the same requests, ~100 µs less CPU each.
@@ -78,16 +78,16 @@ http_parser = "auto"
 # gunicorn 27's control socket sits at one fixed path per user: two gateways on
 # one host (or a test run beside a dev server) would fight over it.
 control_socket_disable = True
-# One JSON line per request (app.accesslog). Off by default: at thousands of
+# One JSON line per request (app.http.accesslog). Off by default: at thousands of
 # publishes a second a log line per request costs more than the publish;
 # GATEWAY_ACCESS_LOG=true (or --access-logfile) turns it on.
 _access_on = os.environ.get("GATEWAY_ACCESS_LOG", "false").lower() in ("1", "true", "yes", "on")
 accesslog = "-" if _access_on else None
-logger_class = "app.accesslog.JsonLogger"
+logger_class = "app.http.accesslog.JsonLogger"
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "app.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "app.ops.logs.JsonFormatter"}},
     "handlers": {
         "stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"},
     },
@@ -102,9 +102,9 @@ logconfig_dict = {
 
 def on_starting(server):
     """Master: check the config before any worker boots; empty a metrics directory we were given."""
-    from app import metrics
-    from app.check_config import error_line, validate
     from app.config import ConfigError
+    from app.config.check import error_line, validate
+    from app.ops import metrics
 
     try:
         # Workers are given these settings (post_fork), never read the file themselves.
@@ -130,8 +130,8 @@ def on_reload(server):
     """
     import logging
 
-    from app.check_config import validate
     from app.config import ConfigError
+    from app.config.check import validate
 
     log = logging.getLogger("app.config")
     try:
@@ -149,7 +149,7 @@ def when_ready(server):
     settings = server._gateway_settings
     if not settings.zmq_address:
         return
-    from app.zmq_supervisor import RelayStartError, RelaySupervisor
+    from app.zmq.supervisor import RelayStartError, RelaySupervisor
 
     relay = RelaySupervisor(settings)
     try:
@@ -177,18 +177,18 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Worker, app loaded and gevent patched: errors as JSON lines; start the ZeroMQ ingress (if configured)."""
-    from app import logs
+    from app.ops import logs
 
     logs.route_process_errors()
     if getattr(worker, "gateway_zmq_backend", None):
-        from app import zmq_ingress
+        from app.zmq import ingress as zmq_ingress
 
         zmq_ingress.start_in_worker(worker)
 
 
 def worker_exit(server, worker):
     """Worker, after its last request: answer ZeroMQ messages taken, close AMQP connections."""
-    from app import shutdown
+    from app.http.factory import shutdown
 
     app = getattr(worker, "wsgi", None)  # none if the worker failed to load the app
     if app is not None:
@@ -197,7 +197,7 @@ def worker_exit(server, worker):
 
 def child_exit(server, worker):
     """Master: forget a dead worker's live gauges and pool snapshot; tell the relay it is gone."""
-    from app import metrics, pool_status
+    from app.ops import metrics, pool_status
 
     metrics.mark_process_dead(worker.pid)
     pool_status.remove_worker(metrics.multiprocess_dir(), worker.pid)

@@ -8,7 +8,7 @@ Run by ``bench/run.py`` as ``gunicorn -c gunicorn.conf.py bench.noop_app:app``
   gevent + Flask stack");
 * ``bare``: a plain WSGI callable, the floor of gunicorn + gevent alone. The
   gateway answers ``POST /publish`` in plain WSGI in front of Flask
-  (``app/publish_endpoint.py``), so this is the like-for-like comparison.
+  (``app/http/publish_endpoint.py``), so this is the like-for-like comparison.
 """
 
 from flask import Flask, Response, request

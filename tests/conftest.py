@@ -11,11 +11,11 @@ from collections.abc import Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from app.config import Settings, settings_from_text  # noqa: E402
-from app.gateway import Gateway  # noqa: E402
+from app.core.gateway import Gateway  # noqa: E402
 from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.rabbit import AMQP_HOST, AMQP_PORT, Rabbit, Vhost  # noqa: E402
 
-# Short timings so failure scenarios finish in seconds (the defaults are in app/config.py).
+# Short timings so failure scenarios finish in seconds (the defaults are in app/config/__init__.py).
 FAST = """
 NO_OF_CONNECTIOS,3
 POOL_TIMEOUT,1

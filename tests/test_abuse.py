@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from app.batch import encode_batch
+from app.http.batch import encode_batch
 from tests.conftest import FAST
 from tests.support.rabbit import AMQP_PORT
 from tests.support.server import GatewayProcess, publish, request

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pika import spec
 
-from app.amqp_wire import ConfirmReader, publish_frames
+from app.amqp.wire import ConfirmReader, publish_frames
 
 queues = st.text(min_size=1, max_size=60).filter(lambda q: len(q.encode()) <= 255)
 

@@ -10,9 +10,9 @@ import json
 import pytest
 from prometheus_client import REGISTRY
 
-from app import create_app
-from app.auth import TokenTable, load_tokens, parse_tokens
 from app.config import ConfigError
+from app.http.auth import TokenTable, load_tokens, parse_tokens
+from app.http.factory import create_app
 from tests.conftest import broker, make_settings
 
 PUB = "publisher-token-0123456789abcdef"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from app.batch import encode_batch, parse_batch
-from app.errors import InvalidQueue, MalformedBody, PayloadTooLarge
+from app.core.errors import InvalidQueue, MalformedBody, PayloadTooLarge
+from app.http.batch import encode_batch, parse_batch
 from tests.conftest import FAST
 from tests.support.rabbit import AMQP_PORT
 from tests.support.server import GatewayProcess, request

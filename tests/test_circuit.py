@@ -2,8 +2,8 @@
 
 import time
 
-from app.circuit import QueueCircuits
-from app.errors import QueueUnavailable
+from app.core.circuit import QueueCircuits
+from app.core.errors import QueueUnavailable
 
 
 def test_timeouts_are_the_queues_when_another_queue_confirmed_since():

@@ -1,9 +1,9 @@
-"""Shedding the clients that have not delivered a complete request (app.client_guard)."""
+"""Shedding the clients that have not delivered a complete request (app.http.client_guard)."""
 
 import gevent
 from gevent.event import Event
 
-from app.client_guard import Pending
+from app.http.client_guard import Pending
 
 
 class Shed(Exception):

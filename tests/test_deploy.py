@@ -27,9 +27,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app import create_app
-from app.auth import parse_tokens
 from app.config import load_settings, settings_from_text
+from app.http.auth import parse_tokens
+from app.http.factory import create_app
 from tests.support.server import REPO
 from tests.support.tls import make_pki
 

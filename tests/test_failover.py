@@ -11,7 +11,7 @@ import time
 import gevent
 import pytest
 
-from app.errors import BrokerUnavailable, GatewayError
+from app.core.errors import BrokerUnavailable, GatewayError
 from tests.conftest import make_settings, wait_until
 from tests.support.burst import Burst, account, in_process
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from app.batch import encode_batch
+from app.http.batch import encode_batch
 from tests.conftest import FAST
 from tests.support import report
 from tests.support.flood import Flood, Prober, ProcessProber, ensure_fd_limit, get_status, percentile

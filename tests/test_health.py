@@ -2,7 +2,7 @@
 
 import time
 
-from app.health import DOWN, UP, BrokerHealth
+from app.amqp.health import DOWN, UP, BrokerHealth
 
 
 def _down_health() -> BrokerHealth:

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from app import create_app
 from app.config import ConfigError, ConnectionSpec, parse_broker, settings_from_text
-from app.gateway import Gateway
+from app.core.gateway import Gateway
+from app.http.factory import create_app
 from tests.conftest import broker, make_settings
 from tests.support.server import REPO
 

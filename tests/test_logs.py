@@ -8,8 +8,9 @@ import re
 import gevent
 import pytest
 
-from app import create_app, logs
-from app.request_id import HEADER
+from app.http.factory import create_app
+from app.http.request_id import HEADER
+from app.ops import logs
 from tests.conftest import broker, make_settings
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from app.errors import InvalidConnectionId, InvalidQueue, MalformedBody
-from app.message import parse_body
+from app.core.errors import InvalidConnectionId, InvalidQueue, MalformedBody
+from app.core.message import parse_body
 
 
 @pytest.mark.parametrize("body, expected", [

@@ -15,8 +15,8 @@ import logging
 
 import pytest
 
-from app.broker import BrokerConnection
-from app.errors import PublishNacked
+from app.amqp.connection import BrokerConnection
+from app.core.errors import PublishNacked
 from tests.conftest import broker, make_settings, wait_until
 
 pytestmark = pytest.mark.integration

@@ -1,15 +1,15 @@
 """The OpenAPI document describes exactly the routes the app serves."""
 
-from app import create_app
 from app.config import settings_from_text
-from app.openapi import document
+from app.http.factory import create_app
+from app.http.openapi import document
 
 
 def _served() -> set[tuple[str, str]]:
     app = create_app(settings_from_text("RMQ_CONN_STR,a,h:1/", "t", {}), start=False)
     served = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"HEAD", "OPTIONS"}}
-    # POST /publish is answered in front of Flask (app/publish_endpoint.py).
+    # POST /publish is answered in front of Flask (app/http/publish_endpoint.py).
     return served | {("/publish", "post")}
 
 

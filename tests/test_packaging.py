@@ -125,12 +125,12 @@ def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_module_imports_from_the_runtime_install(runtime_venv):
     # -I: nothing from the repo or the environment on sys.path, only what was installed.
-    # app.wsgi builds the app from the config when imported: the gunicorn test below loads it.
+    # app.http.wsgi builds the app from the config when imported: the gunicorn test below loads it.
     script = (
         "import importlib, pkgutil, app, gunicorn.workers.ggevent\n"
         f"assert app.__file__.startswith({str(runtime_venv)!r}), app.__file__\n"
         "for mod in pkgutil.walk_packages(app.__path__, 'app.'):\n"
-        "    if mod.name != 'app.wsgi':\n"
+        "    if mod.name != 'app.http.wsgi':\n"
         "        importlib.import_module(mod.name)\n"
     )
     done = subprocess.run([str(runtime_venv / "bin" / "python"), "-I", "-c", script],

@@ -13,7 +13,7 @@ from collections import Counter
 import gevent
 import pytest
 
-from app.errors import GatewayError, RejectedByBroker
+from app.core.errors import GatewayError, RejectedByBroker
 from tests.conftest import broker, make_settings, wait_until
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ import time
 import gevent
 import pytest
 
-from app.errors import PoolTimeout
-from app.pool import ConnectionPool
+from app.amqp.pool import ConnectionPool
+from app.core.errors import PoolTimeout
 from tests.conftest import broker, make_settings, wait_until
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ are still alive.
 import gevent
 import pytest
 
-from app import broker as broker_module
-from app.broker import BrokerConnection
+from app.amqp import connection as broker_module
+from app.amqp.connection import BrokerConnection
 from app.config import ConfigError, settings_from_text
-from app.dbsource import specs_from_rows
+from app.db.live_source import specs_from_rows
 from tests.conftest import broker, make_settings, wait_until
 
 pytestmark = pytest.mark.integration

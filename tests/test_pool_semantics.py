@@ -5,8 +5,8 @@ import time
 import gevent
 import pytest
 
-from app.errors import ConnectionLost, PoolTimeout
-from app.retry import RetryBudget
+from app.core.errors import ConnectionLost, PoolTimeout
+from app.core.retry import RetryBudget
 from tests.conftest import broker, make_settings, wait_until
 from tests.support.proxy import TcpProxy
 from tests.support.rabbit import AMQP_PORT

@@ -4,7 +4,7 @@ import gevent
 import pytest
 from prometheus_client import REGISTRY
 
-from app.pool_status import PoolStatus, merge
+from app.ops.pool_status import PoolStatus, merge
 from tests.conftest import broker, make_settings, wait_until
 
 

@@ -3,7 +3,7 @@
 import gevent
 import pytest
 
-from app.errors import BrokerUnavailable, UnknownConnection, Unroutable
+from app.core.errors import BrokerUnavailable, UnknownConnection, Unroutable
 from tests.conftest import broker, make_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def test_bodies_arrive_byte_exact(gw, rabbit):
 
 
 def test_the_hot_path_owns_its_connections_confirms_and_writes(gw):
-    # app/broker.py leans on internals of the pinned pika (its docstring lists
+    # app/amqp/connection.py leans on internals of the pinned pika (its docstring lists
     # them): if an upgrade moves them, this fails instead of the gateway quietly
     # running without its fast path.
     pool = gw.route("a").pools[0]
@@ -85,10 +85,10 @@ def test_no_broker_answers_503_quickly(start_gateway):
 
 
 def test_message_ids_differ_between_workers_forked_after_import():
-    # The gunicorn master imports app.broker before it forks the workers.
+    # The gunicorn master imports app.amqp.connection before it forks the workers.
     import os
 
-    from app.broker import process_tag
+    from app.amqp.connection import process_tag
 
     parent = process_tag()
     read_end, write_end = os.pipe()

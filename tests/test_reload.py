@@ -1,6 +1,6 @@
 """SIGHUP, the nginx way: a bad config is refused in the master, a good one applies with nothing lost.
 
-Also the check on its own, ``python -m app.check_config [file]`` (``make
+Also the check on its own, ``python -m app.config.check [file]`` (``make
 check-config``): the same one-line error and a non-zero exit.
 """
 
@@ -91,7 +91,7 @@ def test_sighup_with_a_bad_file_is_refused_and_a_good_one_applies(tmp_path, rabb
 
 
 def _check(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.check_config", str(path)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "app.config.check", str(path)], cwd=REPO,
                           env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
 
 

@@ -5,8 +5,8 @@ import collections
 import gevent
 import pytest
 
+from app.amqp.servers import ServerSet
 from app.config import parse_servers
-from app.servers import ServerSet
 from tests.conftest import broker, make_settings, wait_until
 
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
-from app.errors import BrokerUnavailable
+from app.core.errors import BrokerUnavailable
 from tests.conftest import make_settings, wait_until
 from tests.support.rabbit import AMQP_PORT
 from tests.support.tls import SERVER_NAME, Pki, TlsTerminator, make_pki

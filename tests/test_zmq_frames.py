@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.config import ConfigError, settings_from_text
-from app.errors import MalformedFrames, PayloadTooLarge, Unavailable, WorkerLost
-from app.zmq_frames import error_reply, pack, split_request, unpack
+from app.core.errors import MalformedFrames, PayloadTooLarge, Unavailable, WorkerLost
+from app.zmq.frames import error_reply, pack, split_request, unpack
 
 ID = b"\x00peer"  # what a ROUTER puts first
 

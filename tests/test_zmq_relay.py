@@ -1,4 +1,4 @@
-"""The relay on its own: a real ``python -m app.zmq_relay`` process, fake workers speaking its protocol.
+"""The relay on its own: a real ``python -m app.zmq.relay`` process, fake workers speaking its protocol.
 
 Checks what is hard to provoke through gunicorn: the credits that bound what
 a worker holds (and stop the relay reading producers), the answer for a dead
@@ -20,9 +20,9 @@ import pytest
 import zmq.green as zmq
 
 from app.config import settings_from_text
-from app.zmq_frames import BYE, HELLO, MESSAGES, REPLIES, pack, unpack
-from app.zmq_relay import _parse_args
-from app.zmq_supervisor import RelaySupervisor
+from app.zmq.frames import BYE, HELLO, MESSAGES, REPLIES, pack, unpack
+from app.zmq.relay import _parse_args
+from app.zmq.supervisor import RelaySupervisor
 from tests.support.producer import Producer
 from tests.support.server import REPO
 
@@ -32,7 +32,7 @@ def relay() -> Iterator[tuple[subprocess.Popen, str, str]]:
     """(process, front address, back address) of a relay in a directory of its own."""
     path = Path(tempfile.mkdtemp(prefix="zr"))
     front, back = f"ipc://{path}/front", f"ipc://{path}/back"
-    proc = subprocess.Popen([sys.executable, "-m", "app.zmq_relay", f"--front={front}", f"--back={back}",
+    proc = subprocess.Popen([sys.executable, "-m", "app.zmq.relay", f"--front={front}", f"--back={back}",
                              "--max-body=1000", f"--parent-pid={os.getpid()}"],
                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     assert proc.stdout is not None and proc.stdout.readline() == b"READY\n"

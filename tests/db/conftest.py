@@ -10,9 +10,9 @@ import pytest
 from psycogreen.gevent import patch_psycopg
 
 from app.config import Settings, settings_from_text
-from app.dbschema import apply_schema
-from app.dbsource import DbSource
-from app.gateway import Gateway
+from app.core.gateway import Gateway
+from app.db.live_source import DbSource
+from app.db.schema import apply_schema
 from tests.conftest import FAST
 from tests.support.pg import PG_HOST, PG_PORT, PgDatabase, admin_connection
 from tests.support.proxy import TcpProxy

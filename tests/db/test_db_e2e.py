@@ -8,7 +8,7 @@ import time
 import gevent
 import pytest
 
-from app.errors import GatewayError
+from app.core.errors import GatewayError
 from tests.conftest import FAST, broker, wait_until
 from tests.db.conftest import DB_FAST
 from tests.support.burst import Burst, account

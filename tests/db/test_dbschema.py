@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from app.dbschema import apply_schema
-from app.dbsource import CHANNEL, QUERY
+from app.db.live_source import CHANNEL, QUERY
+from app.db.schema import apply_schema
 from tests.db.conftest import db_settings
 from tests.support.pg import PgDatabase
 from tests.support.server import REPO, free_port
@@ -46,7 +46,7 @@ def _schema_command(cfg, env_extra: dict[str, str]) -> subprocess.CompletedProce
     import os
 
     env = {**os.environ, "GATEWAY_CONFIG": str(cfg), **env_extra}
-    return subprocess.run([sys.executable, "-m", "app.dbschema"], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "app.db.schema"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -13,9 +13,9 @@ import time
 import gevent
 import pytest
 
-from app import metrics
 from app.config import parse_connection
-from app.errors import UnknownConnection
+from app.core.errors import UnknownConnection
+from app.ops import metrics
 from tests.conftest import broker, wait_until
 from tests.db.conftest import db_settings, events
 from tests.support.burst import Burst, account
@@ -223,7 +223,7 @@ def test_database_lost_keeps_last_config_and_resyncs_when_back(fault, pgdb, run_
 
 
 def test_missing_table_is_reported_then_picked_up(bare_db, run_source, rabbit):
-    from app.dbschema import apply_schema
+    from app.db.schema import apply_schema
 
     queue = rabbit.queue()
     settings = db_settings(bare_db)
@@ -238,7 +238,7 @@ def test_missing_table_is_reported_then_picked_up(bare_db, run_source, rabbit):
 
 
 def test_create_app_reads_the_database_and_ignores_file_lines(pgdb, rabbit, app_log):
-    from app import create_app, shutdown
+    from app.http.factory import create_app, shutdown
 
     queue = rabbit.queue()
     pgdb.insert("a", broker())

@@ -1,7 +1,7 @@
 """Rows of rmq_connections into specs, without a database: bad rows skipped, passwords never echoed."""
 
 from app.config import Settings, parse_connection, settings_from_text
-from app.dbsource import secrets_of, specs_from_rows
+from app.db.live_source import secrets_of, specs_from_rows
 
 
 def test_good_rows_parse_like_the_file_and_empty_backup_means_none():

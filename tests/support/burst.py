@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import gevent
 
-from app.errors import GatewayError
+from app.core.errors import GatewayError
 
 # publish(body) -> None when acknowledged, else the error code it was answered
 PublishFn = Callable[[bytes], "str | None"]

@@ -94,7 +94,7 @@ def children(gw: GatewayProcess) -> dict[int, str]:
 
 
 def relay_pid(gw: GatewayProcess) -> int:
-    pids = [pid for pid, cmd in children(gw).items() if "app.zmq_relay" in cmd]
+    pids = [pid for pid, cmd in children(gw).items() if "app.zmq.relay" in cmd]
     assert len(pids) == 1, children(gw)
     return pids[0]
 
@@ -108,7 +108,7 @@ def relay_backend_dir(gw: GatewayProcess) -> str:
 
 
 def gunicorn_workers(gw: GatewayProcess) -> list[int]:
-    return [pid for pid, cmd in children(gw).items() if "app.zmq_relay" not in cmd]
+    return [pid for pid, cmd in children(gw).items() if "app.zmq.relay" not in cmd]
 
 
 def wait_for_workers(gw: GatewayProcess, count: int, timeout: float = 30) -> list[int]:

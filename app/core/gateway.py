@@ -1,0 +1,520 @@
+"""The gateway: one route per connection id, publishing with failover.
+
+A :class:`Route` owns the primary's pool and the backup's. It publishes to
+the primary while the primary is up, to the backup while the primary is
+down, and back to the primary once the primary's health has risen again
+(see :mod:`app.amqp.health`). A connection lost under a publish is retried once
+more on the same broker and then on the other one, within the publish
+deadline, and within a retry budget (so a flapping broker cannot multiply
+the load): a message whose connection died before its confirm may thus be
+delivered twice (at-least-once), never silently dropped.
+
+:class:`Gateway` holds the routes of one worker, answers ``publish`` for the
+HTTP and ZeroMQ ingresses alike, and can swap its routes at run time (the
+PostgreSQL source does, on a change).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult
+
+from app.amqp.connection import BrokerConnection, Message, Outcome
+from app.amqp.health import BrokerHealth
+from app.amqp.nacks import NackJudge
+from app.amqp.pool import ConnectionPool
+from app.config import ConnectionSpec, Settings, check_connection_count
+from app.core.circuit import QueueCircuits
+from app.core.errors import (
+    BrokerUnavailable,
+    ConfirmTimeout,
+    ConnectionLost,
+    GatewayError,
+    PoolTimeout,
+    PublishNacked,
+    RejectedByBroker,
+    ShuttingDown,
+    Unavailable,
+    UnknownConnection,
+)
+from app.core.retry import RetryBudget
+from app.ops import metrics
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS_PER_BROKER = 2  # a lost connection is retried once more on the same broker
+MAX_BATCH = 1000  # messages one flusher publishes in one go
+COLLECT_MAX_WAIT = 0.002  # seconds a new flusher waits at most for the hub to go idle
+
+
+class _Slot:
+    """One message waiting in a route's group commit, and where its outcome goes."""
+
+    __slots__ = ("body", "deadline", "queue", "result")
+
+    def __init__(self, queue: str, body: bytes, deadline: float):
+        self.queue = queue
+        self.body = body
+        self.deadline = deadline
+        self.result: AsyncResult = AsyncResult()
+
+
+class Route:
+    """Publishing for one connection id over its primary and backup pools."""
+
+    def __init__(self, spec: ConnectionSpec, settings: Settings):
+        self.spec = spec
+        self.conn_id = spec.conn_id
+        self.settings = settings
+        self.pools = [ConnectionPool(spec.conn_id, role, servers, settings) for role, servers in spec.brokers()]
+        self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
+        self.circuits = QueueCircuits(settings.queue_circuit_open, settings.confirm_timeout)
+        self.nacks = NackJudge(spec.conn_id, settings.nack_retire_after, settings.nack_queue_hold)
+        self._queued: deque[_Slot] = deque()
+        self._flushers = 0
+        self._collecting = False
+        # As many flushers as the primary and backup can hold connections: when
+        # a stalled primary holds its flushers until their confirms time out,
+        # publishes after the failover still find flushers for the backup.
+        self.max_flushers = (settings.pool_size + settings.pool_max_overflow) * len(self.pools)
+        self.active_role: str | None = None
+        for pool in self.pools:
+            pool.health.subscribe(self._on_health_change)
+
+    # -- group commit --------------------------------------------------------------
+    #
+    # A round trip to the broker costs far more than a message in it (the
+    # confirm waits for the broker's fsync; each round trip costs the worker
+    # and the broker CPU of its own): publishing one message per round trip
+    # caps a worker at (connections / round trip). So concurrent publishes
+    # queue up here, and up to ``max_flushers`` flushers each take everything
+    # waiting and publish it as one pipelined batch on one pooled connection
+    # (held by that flusher alone). A new flusher starts only when none is
+    # collecting, and it waits for the hub to go idle (at most
+    # COLLECT_MAX_WAIT) before it takes the queue, so requests that arrived
+    # together share its batch instead of each starting a flusher of its own
+    # (measured under HTTP load: ~9 messages a batch instead of ~5, and less
+    # CPU in the worker and in the broker). Alone, a publish goes out at once:
+    # an idle hub is idle at once.
+
+    def publish(self, queue: str, body: bytes, deadline: float) -> Outcome:
+        """Publish one message through the group commit; its outcome."""
+        slot = _Slot(queue, body, deadline)
+        self._queued.append(slot)
+        if not self._collecting:
+            if self._flushers < self.max_flushers:
+                self._start_flusher()
+            else:
+                # Every flusher is busy (a stalled broker holds them until their
+                # confirms time out): wait no longer than this publish's deadline.
+                try:
+                    waited: Outcome = slot.result.get(timeout=max(deadline - time.monotonic(), 0.0) + 1.0)
+                except gevent.Timeout:
+                    if slot in self._queued:
+                        self._queued.remove(slot)  # never taken: not published
+                        return PoolTimeout(f"{self.conn_id}: every publisher busy until the deadline")
+                    return ConfirmTimeout("no confirm within the publish deadline")  # taken: may be published
+                return waited
+        # A flusher answers every slot it takes, and publish_batch ends by the
+        # deadline: no timer per message here (one costs ~10 µs).
+        outcome: Outcome = slot.result.get()
+        return outcome
+
+    @property
+    def busy(self) -> bool:
+        """Publishes are queued or being flushed."""
+        return bool(self._queued) or self._flushers > 0
+
+    def _flush(self) -> None:
+        batch: list[_Slot] = []
+        try:
+            # Let the hub first handle everything ready now (requests that arrived
+            # together join this batch), bounded for a hub that is never idle.
+            with gevent.Timeout(COLLECT_MAX_WAIT, False):
+                gevent.idle()
+            while self._queued:
+                self._collecting = False
+                count = min(len(self._queued), MAX_BATCH)
+                batch = [self._queued.popleft() for _ in range(count)]
+                try:
+                    outcomes = self.publish_batch([(s.queue, s.body) for s in batch], min(s.deadline for s in batch))
+                except Exception:
+                    log.exception("unexpected error publishing a batch", extra={"event": "internal_error",
+                                                                                "conn_id": self.conn_id})
+                    outcomes = [GatewayError("internal error; see the gateway's log")] * len(batch)
+                for slot, outcome in zip(batch, outcomes, strict=True):
+                    slot.result.set(outcome)
+                batch = []
+        finally:
+            # Killed mid-batch (never expected): its publishes may have gone out.
+            for slot in batch:
+                if not slot.result.ready():
+                    slot.result.set(ConfirmTimeout("publisher stopped before the confirm"))
+            self._collecting = False
+            self._flushers -= 1
+            if self._queued and self._flushers < self.max_flushers:
+                self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        self._flushers += 1
+        self._collecting = True
+        gevent.spawn(self._flush)
+
+    def start(self) -> None:
+        """Start filling every pool."""
+        for pool in self.pools:
+            pool.start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close every pool's connections cleanly."""
+        gevent.joinall([gevent.spawn(pool.close, timeout) for pool in self.pools], timeout=timeout + 1)
+
+    def candidates(self) -> list[ConnectionPool]:
+        """Pools in the order to try: a healthy primary first, else a healthy backup first."""
+        primary, *rest = self.pools
+        if primary.health.is_up or not rest:
+            return self.pools
+        backup = rest[0]
+        if backup.health.is_up or primary.health.is_down:
+            return [backup, primary]
+        return self.pools
+
+    @property
+    def ready(self) -> bool:
+        """Some broker of this id is up with a connection open."""
+        return any(pool.health.is_up and pool.open_count > 0 for pool in self.pools)
+
+    def publish_batch(self, messages: Sequence[Message], deadline: float) -> list[Outcome]:
+        """Publish each message with confirms; one outcome per message, in order."""
+        outcomes: list[Outcome] = [None] * len(messages)
+        todo = list(range(len(messages)))
+        if self.circuits.any_open:
+            todo = self._refuse_open_queues(messages, todo, outcomes)
+        # Sent, then the connection died before the confirm: the broker may
+        # have them, so their answer stays "cannot know" whatever the retries
+        # that follow run into (a refused reconnect is no news about them).
+        uncertain: dict[int, ConnectionLost] = {}
+        nack_retried: dict[int, float] = {}  # retried after a nack streak -> when that streak began
+        last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
+        self.retry_budget.deposit()
+        retrying = False
+        for pool in self.candidates():
+            attempts = 0
+            while todo and attempts < ATTEMPTS_PER_BROKER:
+                attempts += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if retrying:
+                    if not self.retry_budget.allow():
+                        metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "denied").inc()
+                        return self._fill(outcomes, todo, last_error, uncertain)
+                    metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "allowed").inc()
+                try:
+                    with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                        sent, sent_monotonic = time.perf_counter(), time.monotonic()
+                        results = conn.publish_batch(
+                            [messages[i] for i in todo],
+                            min(self.settings.confirm_timeout, max(deadline - time.monotonic(), 0.001)),
+                            mandatory=self.settings.mandatory,
+                            persistent=self.settings.persistent,
+                        )
+                        metrics.CONFIRM_SECONDS.labels(self.conn_id, pool.role).observe(time.perf_counter() - sent)
+                        renack = self._judge_nacks(conn, [messages[i][0] for i in todo], results, todo, nack_retried)
+                except PoolTimeout as exc:
+                    last_error = exc
+                    if pool.health.is_up:
+                        # A busy healthy broker is not a down one: answer 503
+                        # rather than scatter its traffic onto the backup.
+                        return self._fill(outcomes, todo, exc, uncertain)
+                    break
+                except Unavailable as exc:
+                    # Nothing was sent (broker down, blocked): try the next broker.
+                    last_error = exc
+                    break
+                lost_here: list[int] = []  # the connection died under these
+                renacked: list[int] = []  # nacked by a connection now retired: once more, elsewhere
+                for index, outcome in zip(todo, results, strict=True):
+                    if isinstance(outcome, ConnectionLost):
+                        lost_here.append(index)
+                        uncertain[index] = last_error = outcome
+                    elif index in renack:
+                        renacked.append(index)
+                        last_error = outcome or last_error
+                        outcomes[index] = outcome
+                    else:
+                        outcomes[index] = outcome
+                retry = sorted(lost_here + renacked)  # in the order sent
+                if any(uncertain[i].refused_code is not None for i in lost_here):
+                    # The broker closed the connection over one of these: find
+                    # which before retrying the others (a message fails only itself);
+                    # nacks of a retired connection are retried once as they are.
+                    retry = renacked + self._isolate(pool, messages, lost_here, deadline, outcomes, uncertain)
+                    attempts -= 1  # every such round answers one message for good: it ends
+                elif retry:
+                    retrying = True
+                    if lost_here:  # (nack retries were logged as the connection retired)
+                        log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(lost_here),
+                                    pool.name, conn.address.display,
+                                    extra={"event": "publish_retry", **conn.log_fields})
+                elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
+                    if not self._queues_to_blame(messages, todo, results, sent_monotonic):
+                        pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
+                else:
+                    pool.health.record_ok()
+                    if self.circuits.enabled:
+                        self.circuits.record((messages[i][0] for i, o in zip(todo, results, strict=True)
+                                              if o is None), (), sent_monotonic)
+                todo = retry
+            if not todo:
+                break
+        return self._fill(outcomes, todo, last_error, uncertain)
+
+    def _refuse_open_queues(self, messages: Sequence[Message], todo: list[int], outcomes: list[Outcome]) -> list[int]:
+        """Answer at once the messages whose queue's circuit is open; the rest, to publish."""
+        now = time.monotonic()
+        left = []
+        for index in todo:
+            refusal = self.circuits.refusal(messages[index][0], now)
+            if refusal is None:
+                left.append(index)
+            else:
+                outcomes[index] = refusal
+        return left
+
+    def _queues_to_blame(self, messages: Sequence[Message], todo: list[int], results: Sequence[Outcome],
+                         sent_at: float) -> bool:
+        """Confirms timed out: True if their queues stopped confirming while others did (app.core.circuit)."""
+        if not self.circuits.enabled:
+            return False
+        confirmed = [messages[i][0] for i, o in zip(todo, results, strict=True) if o is None]
+        late = {messages[i][0] for i, o in zip(todo, results, strict=True) if isinstance(o, ConfirmTimeout)}
+        blamed = self.circuits.record(confirmed, late, sent_at)
+        if blamed:
+            log.warning("queue(s) %s of %s stopped confirming while others confirm: refused for %gs",
+                        ", ".join(sorted(late)), self.conn_id, self.circuits.open_for,
+                        extra={"event": "queue_circuit_open", "conn_id": self.conn_id, "queues": sorted(late)})
+        return blamed
+
+    def _isolate(self, pool: ConnectionPool, messages: Sequence[Message], suspects: list[int], deadline: float,
+                 outcomes: list[Outcome], uncertain: dict[int, ConnectionLost]) -> list[int]:
+        """Find the message the broker closed a connection over; what is left to publish as usual.
+
+        Alone among the unconfirmed, it is the culprit. Otherwise each suspect is
+        published alone, in the order sent, on a fresh connection: the one whose
+        connection the broker closes again is answered ``422 rejected_by_broker``
+        and never sent again; the others are answered by their own confirm. The
+        rest go back to the ordinary path once the culprit is found, or at any
+        other trouble (a plain connection loss, no connection, the deadline).
+        """
+        code = uncertain[suspects[0]].refused_code
+        if len(suspects) > 1:
+            log.warning("the broker closed a connection (%s) under %d publish(es) on %s; publishing them one by one",
+                        code, len(suspects), pool.name,
+                        extra={"event": "publish_isolate", "conn_id": self.conn_id, "role": pool.role})
+        for position, index in enumerate(suspects):
+            if len(suspects) > 1:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return suspects[position:]
+                try:
+                    with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                        result = conn.publish_batch(
+                            [messages[index]], min(self.settings.confirm_timeout, max(remaining, 0.001)),
+                            mandatory=self.settings.mandatory, persistent=self.settings.persistent)[0]
+                except Unavailable:
+                    return suspects[position:]
+                if not isinstance(result, ConnectionLost):
+                    outcomes[index] = result
+                    uncertain.pop(index, None)
+                    continue
+                uncertain[index] = result
+                if result.refused_code is None:
+                    return suspects[position:]  # an ordinary connection loss: retry as usual
+                code = result.refused_code
+            uncertain.pop(index, None)
+            outcomes[index] = RejectedByBroker(f"the broker closed the connection over this message (reply code "
+                                               f"{code}); it is not retried")
+            metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "rejected").inc()
+            log.warning("message rejected: the broker closed a connection over it (%s) on %s", code, pool.name,
+                        extra={"event": "publish_rejected", "conn_id": self.conn_id, "role": pool.role})
+            return suspects[position + 1:]
+        return []
+
+    def _judge_nacks(self, conn: BrokerConnection, queues: list[str], results: list[Outcome], todo: list[int],
+                     nack_retried: dict[int, float]) -> set[int]:
+        """Log a batch's nacks; retire ``conn`` if they are its own; the indexes to retry once elsewhere."""
+        nacked = [(index, queue) for index, queue, outcome in zip(todo, queues, results, strict=True)
+                  if isinstance(outcome, PublishNacked)]
+        if not nacked:
+            return set()
+        self.nacks.note(conn, len(nacked), (queue for _, queue in nacked))
+        for index, queue in nacked:
+            if index in nack_retried:
+                self.nacks.nacked_again(queue, conn, nack_retried[index])
+        if not self.nacks.should_retire(conn, (queue for _, queue in nacked)):
+            return set()
+        streak, since = conn.nack_streak, conn.nack_streak_since
+        conn.retired = f"{streak} nacks in a row"
+        again = {index for index, queue in nacked if index not in nack_retried and not self.nacks.is_queue_fate(queue)}
+        for index in again:
+            nack_retried[index] = since
+        log.warning("retiring connection %s to %s after %d nacks in a row; retrying %d message(s) once elsewhere",
+                    conn.name, conn.address.display, streak, len(again),
+                    extra={"event": "connection_nack_retired", **conn.log_fields})
+        return again
+
+    @staticmethod
+    def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError,
+              uncertain: dict[int, ConnectionLost]) -> list[Outcome]:
+        for index in todo:
+            outcomes[index] = uncertain.get(index, error)
+        return outcomes
+
+    def _on_health_change(self, _health: BrokerHealth, _old: str) -> None:
+        usable = [pool for pool in self.candidates() if pool.health.is_up]
+        role = usable[0].role if usable else None
+        if role == self.active_role:
+            return
+        previous, self.active_role = self.active_role, role
+        if previous is None or role is None:
+            log.info("connection id %s now publishes to %s", self.conn_id, role or "nothing",
+                     extra={"event": "route_change", "conn_id": self.conn_id, "role": role})
+            return
+        direction = "failback" if role == "primary" else "failover"
+        metrics.FAILOVERS.labels(self.conn_id, direction).inc()
+        log.warning("%s: connection id %s moves from %s to %s", direction, self.conn_id, previous, role,
+                    extra={"event": direction, "conn_id": self.conn_id, "role": role})
+
+    def snapshot(self) -> dict[str, Any]:
+        """Readiness view of this id: state, active broker, each pool; no secrets."""
+        view: dict[str, Any] = {
+            "ready": self.ready,
+            "active": self.active_role,
+            "brokers": {pool.role: pool.snapshot() for pool in self.pools},
+        }
+        if self.circuits.any_open:
+            view["queues_refused"] = self.circuits.open_queues()
+        return view
+
+
+class Gateway:
+    """All routes of one worker; the one publish entry point of both ingresses."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.routes: dict[str, Route] = {}
+        self.started = False
+        self.closing = False  # worker exit: routes stay known, publishes are refused with a 503
+        self.extra_status: dict[str, Any] = {}  # e.g. the config source's state
+
+    def start(self, specs: Sequence[ConnectionSpec] | None = None) -> None:
+        """Build and start the routes (idempotent); connects in the background."""
+        if self.started:
+            return
+        self.started = True
+        self.set_connections(self.settings.connections if specs is None else specs)
+
+    def set_connections(self, specs: Sequence[ConnectionSpec], warmup: float = 0.0) -> None:
+        """Make the routes match ``specs``: open new ids, replace changed ones, drop removed ones.
+
+        A changed id gets its new route started first; the old one keeps the
+        publishes already under way and is closed once they are done. With
+        ``warmup``, new and changed routes get up to that many seconds to open
+        a connection before traffic moves to them (the old route serves meanwhile).
+        More ids than ``MAX_CONNECTION_IDS`` raise :class:`ConfigError` and change nothing.
+        """
+        check_connection_count(len(specs), self.settings.max_connection_ids, "connection list")
+        wanted = {spec.conn_id: spec for spec in specs}
+        fresh: dict[str, Route] = {}
+        for conn_id, spec in wanted.items():
+            current = self.routes.get(conn_id)
+            if current is not None and current.spec == spec:
+                continue
+            fresh[conn_id] = route = Route(spec, self.settings)
+            route.start()
+        if warmup > 0 and fresh:
+            try:
+                self._warm_up(list(fresh.values()), warmup)
+            except BaseException:
+                for route in fresh.values():  # killed while warming up: leave nothing running
+                    gevent.spawn(route.close)
+                raise
+        # From here on nothing yields: the swap is atomic for every other greenlet.
+        new_routes = dict(self.routes)
+        retired: list[Route] = []
+        for conn_id, route in fresh.items():
+            current = new_routes.get(conn_id)
+            if current is not None:
+                retired.append(current)
+            new_routes[conn_id] = route
+        for conn_id in set(self.routes) - set(wanted):
+            retired.append(new_routes.pop(conn_id))
+        self.routes = new_routes
+        for route in retired:
+            gevent.spawn(self._retire, route)
+
+    @staticmethod
+    def _warm_up(routes: list[Route], timeout: float) -> None:
+        # Ready, or settled as down (an unreachable broker fails its first connect at once).
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(
+                route.ready or all(pool.health.is_down for pool in route.pools) for route in routes):
+            gevent.sleep(0.01)
+
+    def _retire(self, route: Route) -> None:
+        # Let publishes in flight on the old pools (holding or waiting for a
+        # connection) finish before closing them.
+        deadline = time.monotonic() + self.settings.publish_timeout + 1
+        while (route.busy or any(pool._in_use or pool._waiters for pool in route.pools)) \
+                and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        route.close()
+
+    def route(self, conn_id: str) -> Route:
+        """The route of a configured id, else :class:`UnknownConnection`."""
+        route = self.routes.get(conn_id)
+        if route is None:
+            raise UnknownConnection(f"connection id {conn_id!r} is not configured")
+        if self.closing:
+            # Keep-alive requests still arrive while the worker closes: a
+            # configured id is never "unknown", only not served here any more.
+            raise ShuttingDown("this worker is shutting down; retry (another worker takes it)")
+        return route
+
+    def publish(self, conn_id: str, queue: str, body: bytes) -> None:
+        """Publish one message; return once confirmed, else raise its GatewayError."""
+        route = self.route(conn_id)
+        outcome = route.publish(queue, body, time.monotonic() + self.settings.publish_timeout)
+        if outcome is not None:
+            raise outcome
+
+    def publish_batch(self, conn_id: str, messages: Sequence[Message]) -> list[Outcome]:
+        """Publish many messages of one id; one outcome per message."""
+        route = self.route(conn_id)
+        return route.publish_batch(messages, time.monotonic() + self.settings.publish_timeout)
+
+    @property
+    def ready(self) -> bool:
+        """Every connection id has a reachable broker (and the worker is not shutting down)."""
+        return not self.closing and bool(self.routes) and all(route.ready for route in self.routes.values())
+
+    def readiness(self) -> dict[str, Any]:
+        """JSON-able state of every id, for /readyz."""
+        return {
+            "ready": self.ready,
+            "connections": {conn_id: route.snapshot() for conn_id, route in sorted(self.routes.items())},
+            **self.extra_status,
+        }
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Close every route's connections cleanly (worker exit); the ids stay known, answered 503."""
+        self.closing = True
+        routes = list(self.routes.values())
+        gevent.joinall([gevent.spawn(route.close, timeout) for route in routes], timeout=timeout + 1)

@@ -1,0 +1,119 @@
+"""HTTP routes: batch publish, health, readiness, metrics, the pool view and the OpenAPI document.
+
+``POST /publish``, the hot path, is answered before Flask by
+:mod:`app.http.publish_endpoint`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+from flask import Blueprint, Response, current_app, json, request
+
+from app.core.errors import GatewayError, UnknownConnection
+from app.core.gateway import Gateway
+from app.http.auth import access
+from app.http.batch import parse_batch
+from app.http.openapi import document
+from app.http.request_body import read_body
+from app.ops import logs, metrics
+
+bp = Blueprint("gateway", __name__)
+
+_JSON = "application/json"
+_OPENAPI = (json.dumps(document(), sort_keys=True) + "\n").encode()
+
+
+def gateway() -> Gateway:
+    """The worker's gateway, set up by the app factory."""
+    return current_app.extensions["gateway"]
+
+
+@bp.post("/publish/batch")
+def publish_batch() -> Response:
+    """Publish many length-framed messages (format: app/http/batch.py); one result per message."""
+    gw = gateway()
+    started = time.perf_counter()
+    try:
+        checks = access()
+        publisher = checks.check_publisher(request.headers.get("Authorization"))
+        body = read_body(request.environ, gw.settings.batch_max_size, gw.settings.client_body_timeout)
+        records = parse_batch(body, gw.settings.batch_max_messages, gw.settings.max_body_size)
+        by_id: dict[str, list[int]] = {}
+        for index, record in enumerate(records):
+            checks.check_target(publisher, record.conn_id, record.queue)
+            if record.conn_id not in gw.routes:
+                raise UnknownConnection(f"record {index}: connection id {record.conn_id!r} is not configured")
+            by_id.setdefault(record.conn_id, []).append(index)
+    except GatewayError as exc:
+        metrics.PUBLISHES.labels("http_batch", metrics.UNKNOWN_ID, exc.code).inc()
+        raise
+    outcomes: list[GatewayError | None] = [None] * len(records)
+
+    def publish_id(conn_id: str, indexes: list[int]) -> None:
+        try:
+            results = gw.publish_batch(conn_id, [(records[i].queue, records[i].body) for i in indexes])
+        except GatewayError as exc:  # the id went away meanwhile (a database change)
+            results = [exc] * len(indexes)
+        for index, outcome in zip(indexes, results, strict=True):
+            outcomes[index] = outcome
+
+    gevent.joinall([gevent.spawn(publish_id, conn_id, indexes) for conn_id, indexes in by_id.items()],
+                   raise_error=True)
+    elapsed = time.perf_counter() - started
+    for conn_id, indexes in by_id.items():
+        for index in indexes:
+            outcome = outcomes[index]
+            metrics.PUBLISHES.labels("http_batch", conn_id, "ok" if outcome is None else outcome.code).inc()
+        metrics.PUBLISH_SECONDS.labels("http_batch", conn_id).observe(elapsed)
+    failed = sum(1 for outcome in outcomes if outcome is not None)
+    if not failed:
+        return Response(json.dumps({"status": "ok", "published": len(records)}) + "\n", 200, content_type=_JSON)
+    answer = {
+        "status": "partial",
+        "published": len(records) - failed,
+        "failed": failed,
+        "results": [{"status": 200} if o is None else {"status": o.status, **o.to_json()} for o in outcomes],
+    }
+    response = Response(json.dumps(answer) + "\n", 207, content_type=_JSON)
+    if any(o is not None and o.status == 503 for o in outcomes):
+        response.headers["Retry-After"] = str(gw.settings.retry_after)
+    return response
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the worker answers; no I/O."""
+    return Response(b'{"status":"ok"}\n', 200, content_type=_JSON)
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[dict, int]:
+    """Readiness: 200 when every connection id has a reachable broker, else 503."""
+    state = gateway().readiness()
+    return state, 200 if state["ready"] else 503
+
+
+@bp.get("/metrics")
+def metrics_page() -> Response:
+    """Prometheus text format, aggregated over the workers."""
+    for route in gateway().routes.values():
+        for pool in route.pools:
+            pool.refresh_gauges()  # this worker's longest wait, exact now
+    body, content_type = metrics.render()
+    return Response(body, 200, content_type=content_type)
+
+
+@bp.get("/pools")
+def pools() -> Response:
+    """Every pool of every worker: state, counts, active broker, last error (no secrets)."""
+    view = current_app.extensions["pool_status"].view()
+    # Belt and braces: the view holds no password, and the redactor makes sure of it.
+    return Response(logs.redact(json.dumps(view)) + "\n", 200, content_type=_JSON)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of the HTTP API (app/http/openapi.py)."""
+    return Response(_OPENAPI, 200, content_type=_JSON)

@@ -1,0 +1,112 @@
+"""gunicorn's gevent worker, with a connection limit that sheds waiting clients instead of queueing new ones.
+
+gunicorn's gevent worker serves at most ``worker_connections`` connections; at
+the limit it stops accepting, and every new connection waits in the listen
+backlog, ``/healthz`` probes included: 5,000 idle keep-alive connections made
+the probes take seconds. The first defence is a limit high enough to hold such
+a flood (``gunicorn.conf.py``: an idle connection costs a few kB) and a
+bounded, jittered idle/header time. This subclass adds that, when a new
+connection arrives with fewer than 10 % of the slots free, the worker sheds
+the oldest connections that have not delivered a complete request
+(:mod:`app.http.client_guard`): idle keep-alive connections and slow headers are
+closed, a body still arriving is answered ``503 overloaded``; so the worker
+keeps accepting past its limit, rather than leave every newcomer in the backlog.
+
+It also honours an application's ``Connection: close``: gunicorn drops that
+header as hop-by-hop and keeps the connection open, but after a body that was
+cut short, malformed or left unread the rest of the connection cannot be
+trusted (``app.core.errors``: ``closes``).
+
+Only gunicorn's worker extension points are used: ``handle()`` (one call per
+accepted connection), ``timeout_ctx()`` (the context in which the worker
+waits for the next request's headers, bounded by ``keepalive``) and
+``load_wsgi()``; and ``force_close()`` of the response whose ``start_response``
+the application calls.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+from app.http.client_guard import PENDING
+
+HEADROOM_RATIO = 0.1  # slots kept free for new connections, of worker_connections
+KEEPALIVE_JITTER = 0.5  # an idle connection is closed after 50-100 % of keepalive
+
+
+class _Shed(Exception):
+    """Raised in a greenlet waiting for its next request: close the connection, answer nothing."""
+
+
+class GatewayWorker(GeventWorker):
+    """The gevent worker; sheds idle and slow clients when near ``worker_connections``."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.open_connections = 0
+        self.soft_limit = max(1, self.worker_connections - max(1, int(self.worker_connections * HEADROOM_RATIO)))
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        """Serve one connection; first make room if the worker is near its limit."""
+        self.open_connections += 1
+        try:
+            over = self.open_connections - self.soft_limit
+            if over > 0:
+                PENDING.shed(over)
+            super().handle(listener, client, addr)
+        finally:
+            self.open_connections -= 1
+
+    def load_wsgi(self) -> None:
+        """Load the app, wrapped so that its ``Connection: close`` closes the connection."""
+        super().load_wsgi()
+        app: WSGIApp = self.wsgi  # type: ignore[has-type]  # set by gunicorn's load_wsgi
+        self.wsgi = _HonourConnectionClose(app)
+
+    @contextmanager
+    def timeout_ctx(self) -> Iterator[None]:
+        """Wait for the next request's headers at most ``keepalive`` seconds, sheddable meanwhile."""
+        # gunicorn's own: gevent.Timeout(keepalive, False), which ends the wait
+        # quietly (no request: the connection is closed). Shedding ends it alike.
+        # Jittered (like CONNECTION_MAX_AGE): connections opened together, a
+        # flood's, are not all closed together and reopened in one burst that
+        # overflows the listen backlog.
+        seconds = self.cfg.keepalive * random.uniform(1.0 - KEEPALIVE_JITTER, 1.0)
+        try:
+            with PENDING.waiting(_Shed()), gevent.Timeout(seconds, False):
+                yield
+        except _Shed:
+            pass
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _HonourConnectionClose:
+    """The WSGI app, whose ``Connection: close`` makes gunicorn close the connection.
+
+    Everything else is the app's own (the hooks reach the Flask app through
+    ``worker.wsgi``: ``worker.wsgi.extensions`` keeps working).
+    """
+
+    def __init__(self, app: WSGIApp):
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def close_aware(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if any(name.lower() == "connection" and value.lower() == "close" for name, value in headers):
+                response = getattr(start_response, "__self__", None)  # gunicorn's Response
+                if response is not None and hasattr(response, "force_close"):
+                    response.force_close()
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, close_aware)

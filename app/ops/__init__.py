@@ -1,0 +1,1 @@
+"""Watching the gateway: metrics, JSON logs, pool status, process identity."""

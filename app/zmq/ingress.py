@@ -1,0 +1,327 @@
+"""A worker's ZeroMQ side: messages from the relay, published through the worker's own pools.
+
+Started by gunicorn's ``post_worker_init`` (:func:`start_in_worker`), after
+gevent's patching, with a green ZeroMQ context of the worker's own. Its
+DEALER connects to the relay's private back end (:mod:`app.zmq.relay`);
+wire formats are in :mod:`app.zmq.frames`. Three kinds of greenlet:
+
+* the *reader* takes batches from the relay, at most ``ZMQ_MAX_IN_FLIGHT``
+  messages unanswered (the relay's credits keep it there; past it the reader
+  stops reading), parses each body with :func:`app.core.message.parse_body` (so a
+  bad one gets the same 400 as over HTTP) and hands the good ones to the
+  *lane* of their connection id;
+* a lane runs up to ``NO_OF_CONNECTIONS`` publishers; each takes everything
+  waiting and publishes it as one batch on one pooled connection
+  (:meth:`Gateway.publish_batch`: the broker's ``multiple=True`` acks are
+  mapped back, one confirm round trip per batch, not per message);
+* the *writer* is the socket's only sender: batched replies and heartbeats.
+
+Draining (SIGTERM, ``max_requests``): the worker tells the relay, which sends
+nothing new and then ``BYE``; everything taken before it is published and
+answered, then the socket closes with a bounded linger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import time
+from collections import deque
+from typing import Any
+
+import gevent
+import zmq.green as zmq
+from gevent.event import Event
+
+from app.core.errors import GatewayError, UnknownConnection
+from app.core.gateway import Gateway
+from app.core.message import parse_body
+from app.ops import metrics
+from app.zmq.frames import BYE, HELLO, MESSAGES, OK, REPLIES, error_reply, pack, unpack
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = 0.5  # seconds between HELLOs: how soon a restarted relay knows us
+POLL_MS = 200
+MAX_BATCH = 1000  # messages published on one connection before waiting for confirms
+REPLY_BATCH = 1000  # replies per message to the relay
+BYE_WAIT = 2.0  # relay silent while we drain: stop waiting for its BYE after this
+LINGER_MS = 1000
+SNDHWM = 1000  # reply batches and heartbeats queued while the relay is away
+
+Item = tuple[bytes, str, bytes]  # (tag, queue, body)
+
+
+class _Lane:
+    """Publishing for one connection id: batches of what waits, on up to ``width`` connections."""
+
+    __slots__ = ("conn_id", "ingress", "pending", "running", "width")
+
+    def __init__(self, ingress: ZmqIngress, conn_id: str, width: int):
+        self.ingress = ingress
+        self.conn_id = conn_id
+        self.width = width
+        self.pending: deque[Item] = deque()
+        self.running = 0
+
+    def add(self, items: list[Item]) -> None:
+        self.pending.extend(items)
+        if self.running < self.width:
+            self.running += 1
+            gevent.spawn(self._publish)
+
+    def _publish(self) -> None:
+        pending = self.pending
+        try:
+            while pending:
+                batch = [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
+                self.ingress.publish(self.conn_id, batch)
+        finally:
+            self.running -= 1
+
+
+class ZmqIngress:
+    """One worker's connection to the relay and everything it has taken from it."""
+
+    def __init__(self, gateway: Gateway, backend: str, *, capacity: int, identity: bytes):
+        self.gateway = gateway
+        self.backend = backend
+        self.capacity = capacity
+        self.identity = identity
+        self.in_flight = 0
+        self.draining = False
+        self.stats = {"received": 0, "ok": 0, "errors": 0}
+        self.on_taken: Any = None  # callable(count), e.g. gunicorn's max_requests bookkeeping
+        self._lanes: dict[str, _Lane] = {}
+        self._replies: deque[tuple[bytes, bytes]] = deque()
+        self._control: deque[list[bytes]] = deque()
+        self._wake = Event()  # the writer has something to send
+        self._room = Event()  # in_flight fell below capacity
+        self._idle = Event()  # draining and nothing left unanswered
+        self._bye = Event()  # the relay will send nothing more
+        self._reading = False  # the reader runs: more may come in
+        self._drain_started = 0.0
+        self._ctx: Any = None
+        self._sock: Any = None
+        self._greenlets: list[gevent.Greenlet] = []
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the relay (ZeroMQ reconnects on its own) and start the greenlets."""
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        sock.setsockopt(zmq.RCVHWM, 0)  # the relay's credits bound what comes in
+        sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.backend)
+        self._sock = sock
+        self._reading = True
+        self._greenlets = [gevent.spawn(self._read_loop), gevent.spawn(self._write_loop),
+                           gevent.spawn(self._heartbeat_loop)]
+        log.info("ZeroMQ ingress connected to the relay", extra={"event": "zmq_started", "ingress": "zmq"})
+
+    def drain(self) -> None:
+        """Take nothing new: tell the relay, then answer what was taken."""
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_started = time.monotonic()
+        self._hello()
+        self._check_idle()
+
+    def close(self, timeout: float) -> None:
+        """Drain, wait (bounded) until everything taken is answered, then close the socket."""
+        self.drain()
+        self._idle.wait(timeout)
+        if self.in_flight:
+            log.warning("closing ZeroMQ with %d message(s) unanswered", self.in_flight,
+                        extra={"event": "zmq_close_unanswered", "ingress": "zmq"})
+        gevent.killall(self._greenlets, timeout=1.0)
+        if self._sock is not None:
+            self._sock.close(linger=LINGER_MS)  # bounded: a gone relay cannot hang the exit
+            self._ctx.term()
+            self._sock = None
+        metrics.ZMQ_IN_FLIGHT.set(0)
+        log.info("ZeroMQ ingress closed: %d received, %d OK, %d ERR", self.stats["received"], self.stats["ok"],
+                 self.stats["errors"], extra={"event": "zmq_closed", "ingress": "zmq", **self.stats})
+
+    # -- reading -----------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        self._reading = True
+        try:
+            self._read_until_bye(sock)
+        finally:
+            self._reading = False
+            self._check_idle()
+
+    def _read_until_bye(self, sock: Any) -> None:
+        while not self._bye.is_set():
+            if self.in_flight >= self.capacity:
+                self._room.clear()
+                self._room.wait(POLL_MS / 1000)
+                continue
+            if not sock.poll(POLL_MS):
+                if self.draining and time.monotonic() - self._drain_started > BYE_WAIT:
+                    log.warning("no BYE from the relay; reading no more", extra={"event": "zmq_no_bye"})
+                    break
+                continue
+            while self.in_flight < self.capacity:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if frames[0] == MESSAGES:
+                    try:
+                        self._take(frames)
+                    except Exception:  # a bug must not kill the reader and with it the ingress
+                        log.exception("unexpected error taking a ZeroMQ batch", extra={"event": "internal_error"})
+                elif frames[0] == BYE and self.draining:
+                    self._bye.set()  # all the relay sent us is behind us now
+                    break
+
+    def _take(self, frames: list[bytes]) -> None:
+        try:
+            messages = unpack(frames[1]) if len(frames) == 2 else []
+        except struct.error:
+            log.error("garbled batch from the relay; dropped", extra={"event": "zmq_protocol"})
+            return
+        count = len(messages)
+        self.in_flight += count
+        self.stats["received"] += count
+        routes = self.gateway.routes
+        by_id: dict[str, list[Item]] = {}
+        for tag, data in messages:
+            try:
+                conn_id, queue, body = parse_body(data)
+                if conn_id not in routes:
+                    raise UnknownConnection(f"connection id {conn_id!r} is not configured")
+            except GatewayError as exc:
+                metrics.PUBLISHES.labels("zmq", metrics.UNKNOWN_ID, exc.code).inc()
+                self.stats["errors"] += 1
+                self._replies.append((tag, error_reply(exc)))
+                continue
+            items = by_id.get(conn_id)
+            if items is None:
+                by_id[conn_id] = [(tag, queue, body)]
+            else:
+                items.append((tag, queue, body))
+        for conn_id, items in by_id.items():
+            self._lane(conn_id).add(items)
+        if self._replies:
+            self._wake.set()
+        metrics.ZMQ_IN_FLIGHT.set(self.in_flight)
+        if self.on_taken is not None:
+            self.on_taken(count)
+
+    def _lane(self, conn_id: str) -> _Lane:
+        lane = self._lanes.get(conn_id)
+        if lane is None:
+            lane = self._lanes[conn_id] = _Lane(self, conn_id, self.gateway.settings.pool_size)
+        return lane
+
+    # -- publishing --------------------------------------------------------------
+
+    def publish(self, conn_id: str, batch: list[Item]) -> None:
+        """Publish one batch on one connection and queue a reply per message."""
+        try:
+            outcomes = self.gateway.publish_batch(conn_id, [(queue, body) for _, queue, body in batch])
+        except GatewayError as exc:  # the id went away meanwhile (a config reload)
+            outcomes = [exc] * len(batch)
+        except Exception:
+            # Never a dead lane and never a message left without its answer.
+            log.exception("unexpected error publishing a ZeroMQ batch", extra={"event": "internal_error"})
+            outcomes = [GatewayError("internal error")] * len(batch)
+        label = conn_id if conn_id in self.gateway.routes else metrics.UNKNOWN_ID
+        replies = self._replies
+        errors: dict[str, int] = {}
+        for (tag, _, _), outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                replies.append((tag, OK))
+            else:
+                replies.append((tag, error_reply(outcome)))
+                errors[outcome.code] = errors.get(outcome.code, 0) + 1
+        failed = sum(errors.values())
+        self.stats["ok"] += len(batch) - failed
+        self.stats["errors"] += failed
+        if len(batch) > failed:
+            metrics.PUBLISHES.labels("zmq", label, "ok").inc(len(batch) - failed)
+        for code, count in errors.items():
+            metrics.PUBLISHES.labels("zmq", label, code).inc(count)
+        metrics.ZMQ_BATCH_SIZE.observe(len(batch))
+        self._wake.set()
+
+    # -- writing -----------------------------------------------------------------
+
+    def _hello(self) -> None:
+        self._control.append([HELLO, b"%d" % self.capacity, b"1" if self.draining else b"0"])
+        self._wake.set()
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            self._hello()
+            gevent.sleep(HEARTBEAT)
+
+    def _write_loop(self) -> None:
+        sock = self._sock
+        replies, control = self._replies, self._control
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while control:
+                with contextlib.suppress(zmq.ZMQError):  # a heartbeat: the next one follows
+                    sock.send_multipart(control.popleft())
+            while replies:
+                batch = [replies.popleft() for _ in range(min(len(replies), REPLY_BATCH))]
+                try:
+                    sock.send_multipart([REPLIES, pack(batch)])
+                except zmq.ZMQError as exc:  # never a dead writer: these answers are lost, not the next ones
+                    log.error("cannot send %d ZeroMQ answer(s): %s", len(batch), exc,
+                              extra={"event": "zmq_send_failed"})
+                finally:
+                    self.in_flight -= len(batch)
+            metrics.ZMQ_IN_FLIGHT.set(self.in_flight)
+            if self.in_flight < self.capacity:
+                self._room.set()
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self.draining and not self._reading and self.in_flight == 0 and not self._replies:
+            self._idle.set()
+
+
+def start_in_worker(worker: Any) -> ZmqIngress | None:
+    """gunicorn ``post_worker_init``: start the worker's ingress when ZeroMQ is on."""
+    backend = getattr(worker, "gateway_zmq_backend", None)
+    if not backend:
+        return None
+    app = worker.wsgi
+    gateway: Gateway = app.extensions["gateway"]
+    ingress = ZmqIngress(gateway, backend, capacity=gateway.settings.zmq_max_in_flight,
+                         identity=b"%d" % os.getpid())
+
+    def taken(count: int) -> None:
+        # ZeroMQ messages count towards max_requests, as requests do: a
+        # worker that only serves ZeroMQ is recycled too.
+        worker.nr += count
+        if worker.nr >= worker.max_requests and worker.alive:
+            log.info("max_requests reached; the worker drains and restarts", extra={"event": "zmq_recycle"})
+            worker.alive = False
+
+    ingress.on_taken = taken
+    app.extensions["zmq_ingress"] = ingress
+    ingress.start()
+    gevent.spawn(_drain_when_told, worker, ingress)
+    return ingress
+
+
+def _drain_when_told(worker: Any, ingress: ZmqIngress) -> None:
+    # gunicorn's SIGTERM handler and max_requests only clear worker.alive.
+    while worker.alive:
+        gevent.sleep(0.1)
+    ingress.drain()
