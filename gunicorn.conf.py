@@ -104,11 +104,12 @@ def on_starting(server):
     """Master: check the config before any worker boots; empty a metrics directory we were given."""
     from app.config import ConfigError
     from app.config.check import error_line, validate
+    from app.http.master import MASTER
     from app.ops import metrics
 
     try:
         # Workers are given these settings (post_fork), never read the file themselves.
-        server._gateway_settings = validate()
+        MASTER.settings = validate()
     except ConfigError as err:
         # One line, no traceback, never a password (ConfigError never holds one).
         sys.stderr.write(error_line(err) + "\n")
@@ -132,6 +133,7 @@ def on_reload(server):
 
     from app.config import ConfigError
     from app.config.check import validate
+    from app.http.master import MASTER
 
     log = logging.getLogger("app.config")
     try:
@@ -140,14 +142,16 @@ def on_reload(server):
         log.error("config reload refused, the running config stays: %s", err,
                   extra={"event": "config_reload_refused"})
         return
-    server._gateway_settings = settings
+    MASTER.settings = settings
     log.info("config reloaded from %s", settings.source, extra={"event": "config_reloaded"})
 
 
 def when_ready(server):
     """Master: bind ZMQ_SOCK_ADDRESS once, in the relay process, before any worker boots."""
-    settings = server._gateway_settings
-    if not settings.zmq_address:
+    from app.http.master import MASTER
+
+    settings = MASTER.settings
+    if settings is None or not settings.zmq_address:
         return
     from app.zmq.supervisor import RelayStartError, RelaySupervisor
 
@@ -158,7 +162,7 @@ def when_ready(server):
         sys.stderr.write(f"gateway: ZeroMQ relay: {err}\n")
         on_exit(server)
         sys.exit(1)
-    server._gateway_zmq = relay
+    MASTER.relay = relay
 
 
 def post_fork(server, worker):
@@ -166,24 +170,29 @@ def post_fork(server, worker):
     from psycogreen.gevent import patch_psycopg
 
     from app import config
+    from app.http.master import MASTER
 
-    config.adopt(server._gateway_settings)
+    config.adopt(MASTER.settings)
     patch_psycopg()
-    relay = getattr(server, "_gateway_zmq", None)
-    if relay is not None:
-        worker.gateway_zmq_backend = relay.backend
-        relay.forget_in_worker()
+    if MASTER.relay is not None:
+        MASTER.relay.forget_in_worker()
 
 
 def post_worker_init(worker):
-    """Worker, app loaded and gevent patched: errors as JSON lines; start the ZeroMQ ingress (if configured)."""
+    """Worker, app loaded and gevent patched: errors as JSON lines; start the services (and ZeroMQ's ingress)."""
+    from app.http.factory import services_of
+    from app.http.master import MASTER
     from app.ops import logs
 
     logs.route_process_errors()
-    if getattr(worker, "gateway_zmq_backend", None):
-        from app.zmq import ingress as zmq_ingress
+    services = services_of(worker.wsgi)
+    if MASTER.zmq_backend:
+        from app.zmq.ingress import ZmqIngress
 
-        zmq_ingress.start_in_worker(worker)
+        services.add_zmq(ZmqIngress(services.gateway, MASTER.zmq_backend, capacity=services.settings.zmq_max_in_flight,
+                                    identity=b"%d" % os.getpid(), on_taken=worker.count_requests))
+    worker.when_stopping(services.drain)
+    services.start()
 
 
 def worker_exit(server, worker):
@@ -201,14 +210,16 @@ def child_exit(server, worker):
 
     metrics.mark_process_dead(worker.pid)
     pool_status.remove_worker(metrics.multiprocess_dir(), worker.pid)
-    relay = getattr(server, "_gateway_zmq", None)
-    if relay is not None:
-        relay.worker_exited(worker.pid)
+    from app.http.master import MASTER
+
+    if MASTER.relay is not None:
+        MASTER.relay.worker_exited(worker.pid)
 
 
 def on_exit(server):
     """Master, workers gone: stop the ZeroMQ relay, remove its files and the metrics directory we made."""
-    relay = getattr(server, "_gateway_zmq", None)
-    if relay is not None:
-        relay.stop()
+    from app.http.master import MASTER
+
+    if MASTER.relay is not None:
+        MASTER.relay.stop()
     _remove_metrics_dir()

@@ -73,7 +73,7 @@ def test_tokens_from_file_and_environment(tmp_path):
 @pytest.fixture
 def client():
     settings = make_settings({"a": broker(), "b": broker()}).replace(auth_tokens=TOKENS, ops_token=OPS)
-    return create_app(settings, start=False).test_client()
+    return create_app(settings).test_client()
 
 
 def _post(client, body: bytes, token: str | None = None):
@@ -133,7 +133,7 @@ def test_ops_token_guards_metrics_and_pools_not_health(client):
 
 def test_ops_token_can_guard_health_too():
     settings = make_settings({"a": broker()}).replace(ops_token=OPS, ops_token_health=True)
-    client = create_app(settings, start=False).test_client()
+    client = create_app(settings).test_client()
     assert client.get("/healthz").status_code == 401
     assert client.get("/readyz").status_code == 401
     assert client.get("/healthz", headers={"Authorization": f"Bearer {OPS}"}).status_code == 200
@@ -142,7 +142,7 @@ def test_ops_token_can_guard_health_too():
 
 
 def test_without_tokens_publish_is_open():
-    client = create_app(make_settings({"a": broker()}), start=False).test_client()
+    client = create_app(make_settings({"a": broker()})).test_client()
     resp = client.post("/publish", data=b"nope|q|m")
     assert resp.status_code == 404 and json.loads(resp.data)["error"] == "unknown_connection_id"
     assert client.get("/metrics").status_code == 200 and client.get("/pools").status_code == 200

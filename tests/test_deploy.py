@@ -159,8 +159,7 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_probes_are_the_app_routes_on_the_bound_port():
     container = _container()
-    routes = {rule.rule for rule in create_app(settings_from_text("RMQ_CONN_STR,a,h:1/", "t", {}),
-                                               start=False).url_map.iter_rules()}
+    routes = {rule.rule for rule in create_app(settings_from_text("RMQ_CONN_STR,a,h:1/", "t", {})).url_map.iter_rules()}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}

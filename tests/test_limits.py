@@ -63,7 +63,7 @@ def test_gunicorn_refuses_a_bad_token_file_without_showing_tokens(tmp_path):
 
 
 def test_body_over_the_limit_is_413_and_long_queue_name_400():
-    client = create_app(make_settings({"a": broker()}, "MAX_BODY_SIZE,300"), start=False).test_client()
+    client = create_app(make_settings({"a": broker()}, "MAX_BODY_SIZE,300")).test_client()
     resp = client.post("/publish", data=b"a|q|" + b"x" * 297)
     assert resp.status_code == 413 and resp.json["error"] == "body_too_large"
     resp = client.post("/publish", data=b"a|" + b"q" * 256 + b"|m")

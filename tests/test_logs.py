@@ -28,7 +28,7 @@ def captured():
 
 @pytest.fixture
 def app():
-    flask_app = create_app(make_settings({"a": broker()}), start=False)
+    flask_app = create_app(make_settings({"a": broker()}))
 
     @flask_app.get("/test-log")
     def test_log():

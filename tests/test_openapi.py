@@ -6,7 +6,7 @@ from app.http.openapi import document
 
 
 def _served() -> set[tuple[str, str]]:
-    app = create_app(settings_from_text("RMQ_CONN_STR,a,h:1/", "t", {}), start=False)
+    app = create_app(settings_from_text("RMQ_CONN_STR,a,h:1/", "t", {}))
     served = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"HEAD", "OPTIONS"}}
     # POST /publish is answered in front of Flask (app/http/publish_endpoint.py).

@@ -43,6 +43,7 @@ from app.core.errors import (
     Unavailable,
     UnknownConnection,
 )
+from app.core.lifecycle import Status
 from app.core.retry import RetryBudget
 from app.ops import metrics
 
@@ -407,19 +408,22 @@ class Route:
 class Gateway:
     """All routes of one worker; the one publish entry point of both ingresses."""
 
-    def __init__(self, settings: Settings):
+    name = "connections"  # its part of /readyz
+
+    def __init__(self, settings: Settings, specs: Sequence[ConnectionSpec] | None = None):
         self.settings = settings
+        # The ids to open on start: the file's, unless given (none: they come from PostgreSQL).
+        self._initial_specs = settings.connections if specs is None else specs
         self.routes: dict[str, Route] = {}
         self.started = False
         self.closing = False  # worker exit: routes stay known, publishes are refused with a 503
-        self.extra_status: dict[str, Any] = {}  # e.g. the config source's state
 
-    def start(self, specs: Sequence[ConnectionSpec] | None = None) -> None:
+    def start(self) -> None:
         """Build and start the routes (idempotent); connects in the background."""
         if self.started:
             return
         self.started = True
-        self.set_connections(self.settings.connections if specs is None else specs)
+        self.set_connections(self._initial_specs)
 
     def set_connections(self, specs: Sequence[ConnectionSpec], warmup: float = 0.0) -> None:
         """Make the routes match ``specs``: open new ids, replace changed ones, drop removed ones.
@@ -505,16 +509,14 @@ class Gateway:
         """Every connection id has a reachable broker (and the worker is not shutting down)."""
         return not self.closing and bool(self.routes) and all(route.ready for route in self.routes.values())
 
-    def readiness(self) -> dict[str, Any]:
-        """JSON-able state of every id, for /readyz."""
-        return {
-            "ready": self.ready,
-            "connections": {conn_id: route.snapshot() for conn_id, route in sorted(self.routes.items())},
-            **self.extra_status,
-        }
+    def status(self) -> Status:
+        """Its part of /readyz: every id's state, without secrets."""
+        return Status(self.ready, {conn_id: route.snapshot() for conn_id, route in sorted(self.routes.items())})
 
     def close(self, timeout: float = 2.0) -> None:
         """Close every route's connections cleanly (worker exit); the ids stay known, answered 503."""
         self.closing = True
         routes = list(self.routes.values())
         gevent.joinall([gevent.spawn(route.close, timeout) for route in routes], timeout=timeout + 1)
+
+    stop = close  # as a component of the worker's lifecycle

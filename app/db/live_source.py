@@ -34,6 +34,7 @@ from gevent.socket import wait_read
 
 from app.config import ConfigError, ConnectionSpec, Settings, parse_connection
 from app.core.gateway import Gateway
+from app.core.lifecycle import Status
 from app.db import connection as db
 from app.ops import logs, metrics
 
@@ -96,6 +97,8 @@ def secrets_of(settings: Settings, specs: Sequence[ConnectionSpec], rows: Iterab
 class DbSource:
     """Keeps one worker's gateway in step with the ``rmq_connections`` table."""
 
+    name = "config_source"  # its part of /readyz
+
     def __init__(self, settings: Settings, gateway: Gateway):
         self.settings = settings
         self.gateway = gateway
@@ -110,7 +113,6 @@ class DbSource:
         self._greenlet: gevent.Greenlet | None = None
         self._failing_since: float | None = None
         self._last_warning = 0.0
-        self._publish_status()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -120,6 +122,11 @@ class DbSource:
         log.info("connection ids come from PostgreSQL %s, table rmq_connections", self.database,
                  extra={"event": "config_source", "database": self.database})
         self._greenlet = gevent.spawn(self._run)
+
+    @property
+    def running(self) -> bool:
+        """Started and not stopped."""
+        return self._greenlet is not None
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stop listening and close the database connection."""
@@ -209,7 +216,6 @@ class DbSource:
         self.syncs += 1
         metrics.CONFIG_SYNCS.labels(trigger).inc()
         metrics.CONFIG_DB_UP.labels(self.database).set(1)
-        self._publish_status()
 
     # -- reporting ---------------------------------------------------------------
 
@@ -228,7 +234,6 @@ class DbSource:
         changed, self.last_error = reason != self.last_error, reason
         metrics.CONFIG_DB_RETRIES.inc()
         metrics.CONFIG_DB_UP.labels(self.database).set(0)
-        self._publish_status()
         if not (first or changed or now - self._last_warning >= _REMIND_EVERY):
             log.debug("PostgreSQL still unreachable: %s", reason, extra={"event": "config_db_retry"})
             return
@@ -250,7 +255,6 @@ class DbSource:
                      extra={"event": "config_db_up", "database": self.database})
         self._failing_since = None
         self.last_error = None
-        self._publish_status()
 
     def _report_skipped(self, skipped: dict[str, str]) -> None:
         # One line per bad row when it appears or its problem changes, not on every re-read.
@@ -277,8 +281,12 @@ class DbSource:
                  extra={"event": "config_change", "trigger": trigger,
                         "added": added, "changed": changed, "removed": removed})
 
-    def status(self) -> dict[str, Any]:
-        """The source's state for /readyz: no secrets."""
+    def status(self) -> Status:
+        """Its part of /readyz (no say in readiness: the gateway's ids have)."""
+        return Status(None, self.view())
+
+    def view(self) -> dict[str, Any]:
+        """The source's state: no secrets."""
         if not self.loaded:
             state = "connecting"
             detail = "waiting for the first config from PostgreSQL"
@@ -302,5 +310,3 @@ class DbSource:
             "skipped_rows": {conn_id: logs.redact(reason) for conn_id, reason in self.skipped.items()},
         }
 
-    def _publish_status(self) -> None:
-        self.gateway.extra_status["config_source"] = self.status()

@@ -187,17 +187,9 @@ class Access:
             raise Unauthorized("the bearer token is not valid", invalid_token=True)
 
 
-def init_app(app: Flask, settings: Settings) -> list[str]:
-    """Install the checks on ``app``; return the raw tokens so the caller can mask them in logs."""
+def init_app(app: Flask, settings: Settings) -> tuple[Access, list[str]]:
+    """Install the checks on ``app``; the checks, and the raw tokens so the caller can mask them in logs."""
     table, tokens = load_tokens(settings)
     access = Access(table, settings.ops_token, settings.ops_token_health)
-    app.extensions["access"] = access
     app.before_request(access.check_ops)
-    return tokens
-
-
-def access() -> Access:
-    """The current app's access checks."""
-    from flask import current_app
-
-    return current_app.extensions["access"]
+    return access, tokens

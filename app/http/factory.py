@@ -1,13 +1,13 @@
-"""AMQP publishing gateway: the Flask app factory.
+"""The Flask app factory.
 
 ``create_app()`` is the one place the app is assembled: it reads the settings
 (or takes the ones a test passes), sets up logging with secrets masked,
-builds the worker's :class:`~app.core.gateway.Gateway` and registers the routes
-and the one error handler. It runs inside a gunicorn worker, after gevent's
-monkey-patching; the pools connect in background greenlets, so the app
-answers ``/healthz`` at once even with no broker reachable. With ``USE_DB``
-the connection ids come from :class:`~app.db.live_source.DbSource` instead of the
-file, read in a background greenlet too.
+builds the worker's :class:`~app.http.services.WorkerServices` (the gateway,
+its config source, ...) and registers the routes and the one error handler.
+It only wires: nothing connects and no greenlet runs until the services are
+started (gunicorn's ``post_worker_init``, after gevent's monkey-patching;
+the pools then connect in the background, so the app answers ``/healthz`` at
+once even with no broker reachable).
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ from werkzeug.exceptions import HTTPException
 
 from app.config import Settings, current_settings
 from app.core.errors import GatewayError, MethodNotAllowed, NotFound, http_answer
-from app.core.gateway import Gateway
 from app.http import auth, request_id
 from app.http.publish_endpoint import PublishEndpoint
+from app.http.services import WorkerServices
 from app.ops import logs
-from app.ops.pool_status import PoolStatus
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask:
-    """Build the WSGI app; ``start=False`` leaves the pools unopened (tests)."""
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the WSGI app and its (unstarted) services: ``services_of(app).start()`` runs them."""
     settings = settings or current_settings()
     logs.configure(settings.log_level)
     logs.register_secrets(settings.secrets())
@@ -37,15 +36,15 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
 
     app = Flask(__name__, static_folder=None)  # nothing static to serve: no /static route
     request_id.init_app(app)  # first: every later hook and log line has the request id
-    logs.register_secrets(auth.init_app(app, settings))
-    gateway = Gateway(settings)
-    app.extensions["gateway"] = gateway
-    app.extensions["pool_status"] = PoolStatus(gateway)
+    access, tokens = auth.init_app(app, settings)
+    logs.register_secrets(tokens)
+    services = WorkerServices(settings, access)
+    app.extensions["services"] = services
 
     from app.http import routes
 
     app.register_blueprint(routes.bp)
-    app.wsgi_app = PublishEndpoint(app.wsgi_app, gateway, app.extensions["access"])  # type: ignore[method-assign]
+    app.wsgi_app = PublishEndpoint(app.wsgi_app, services.gateway, access)  # type: ignore[method-assign]
     app.register_error_handler(GatewayError, _error_response)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -53,43 +52,25 @@ def create_app(settings: Settings | None = None, *, start: bool = True) -> Flask
         log.warning("USE_DB is true: the %d RMQ_CONN_STR line(s) of %s are ignored; "
                     "connection ids come from PostgreSQL", len(settings.connections), settings.source,
                     extra={"event": "config_lines_ignored"})
-    if start:
-        if settings.use_db:
-            from app.db.live_source import DbSource
-
-            gateway.start(specs=())  # routes arrive from the database
-            source = DbSource(settings, gateway)
-            app.extensions["dbsource"] = source
-            source.start()
-        else:
-            gateway.start()
-        app.extensions["pool_status"].start()
     return app
 
 
+def services_of(app: Flask) -> WorkerServices:
+    """The services ``create_app`` built for ``app`` (the hooks and tests reach them here)."""
+    return app.extensions["services"]
+
+
 def shutdown(app: Flask, timeout: float = 2.0) -> None:
-    """Answer the ZeroMQ messages taken, then close the AMQP connections (gunicorn's worker_exit)."""
-    ingress = app.extensions.get("zmq_ingress")
-    if ingress is not None:
-        # Before the connections go: what it holds still needs them.
-        ingress.close(ingress.gateway.settings.publish_timeout + 2)
-    source = app.extensions.pop("dbsource", None)
-    if source is not None:
-        source.stop(timeout)  # so no config change lands while closing
-    status = app.extensions.get("pool_status")
-    if status is not None:
-        status.stop()
-    gateway = app.extensions.get("gateway")
-    if gateway is not None:
-        gateway.close(timeout)
-        log.info("connections closed", extra={"event": "shutdown"})
+    """Stop the worker's services, last to first (gunicorn's worker_exit)."""
+    services_of(app).stop(timeout)
+    log.info("connections closed", extra={"event": "shutdown"})
 
 
 def _error_response(exc: GatewayError) -> Response:
     """The one JSON shape of every error answer (shared with the publish endpoint)."""
     from flask import current_app
 
-    status, headers, body = http_answer(exc, current_app.extensions["gateway"].settings.retry_after)
+    status, headers, body = http_answer(exc, services_of(current_app).settings.retry_after)
     return Response(body, status, headers=headers)
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 
 import gevent
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, json, request
 
 from app.core.errors import GatewayError, UnknownConnection
 from app.core.gateway import Gateway
-from app.http.auth import access
 from app.http.batch import parse_batch
 from app.http.openapi import document
 from app.http.request_body import read_body
+from app.http.services import services
 from app.ops import logs, metrics
 
 bp = Blueprint("gateway", __name__)
@@ -27,7 +27,7 @@ _OPENAPI = (json.dumps(document(), sort_keys=True) + "\n").encode()
 
 def gateway() -> Gateway:
     """The worker's gateway, set up by the app factory."""
-    return current_app.extensions["gateway"]
+    return services().gateway
 
 
 @bp.post("/publish/batch")
@@ -36,7 +36,7 @@ def publish_batch() -> Response:
     gw = gateway()
     started = time.perf_counter()
     try:
-        checks = access()
+        checks = services().access
         publisher = checks.check_publisher(request.headers.get("Authorization"))
         body = read_body(request.environ, gw.settings.batch_max_size, gw.settings.client_body_timeout)
         records = parse_batch(body, gw.settings.batch_max_messages, gw.settings.max_body_size)
@@ -91,7 +91,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[dict, int]:
     """Readiness: 200 when every connection id has a reachable broker, else 503."""
-    state = gateway().readiness()
+    state = services().readiness()
     return state, 200 if state["ready"] else 503
 
 
@@ -108,7 +108,7 @@ def metrics_page() -> Response:
 @bp.get("/pools")
 def pools() -> Response:
     """Every pool of every worker: state, counts, active broker, last error (no secrets)."""
-    view = current_app.extensions["pool_status"].view()
+    view = services().pool_status.view()
     # Belt and braces: the view holds no password, and the redactor makes sure of it.
     return Response(logs.redact(json.dumps(view)) + "\n", 200, content_type=_JSON)
 

@@ -17,15 +17,22 @@ header as hop-by-hop and keeps the connection open, but after a body that was
 cut short, malformed or left unread the rest of the connection cannot be
 trusted (``app.core.errors``: ``closes``).
 
+And it tells the worker's services when the worker stops taking work
+(:meth:`GatewayWorker.when_stopping`: the ZeroMQ ingress drains), and counts
+the work they take outside HTTP towards ``max_requests``
+(:meth:`GatewayWorker.count_requests`).
+
 Only gunicorn's worker extension points are used: ``handle()`` (one call per
 accepted connection), ``timeout_ctx()`` (the context in which the worker
-waits for the next request's headers, bounded by ``keepalive``) and
-``load_wsgi()``; and ``force_close()`` of the response whose ``start_response``
-the application calls.
+waits for the next request's headers, bounded by ``keepalive``),
+``load_wsgi()`` and the ``alive`` flag its signal handlers and
+``max_requests`` clear; and ``force_close()`` of the response whose
+``start_response`` the application calls.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +42,8 @@ import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
 from app.http.client_guard import PENDING
+
+log = logging.getLogger(__name__)
 
 HEADROOM_RATIO = 0.1  # slots kept free for new connections, of worker_connections
 KEEPALIVE_JITTER = 0.5  # an idle connection is closed after 50-100 % of keepalive
@@ -48,9 +57,37 @@ class GatewayWorker(GeventWorker):
     """The gevent worker; sheds idle and slow clients when near ``worker_connections``."""
 
     def __init__(self, *args: Any, **kwargs: Any):
+        self._on_stopping: list[Callable[[], None]] = []
+        self._alive = False
         super().__init__(*args, **kwargs)
         self.open_connections = 0
         self.soft_limit = max(1, self.worker_connections - max(1, int(self.worker_connections * HEADROOM_RATIO)))
+
+    @property
+    def alive(self) -> bool:
+        """gunicorn's flag: cleared by SIGTERM/SIGQUIT and at ``max_requests``."""
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        stopping = self._alive and not value
+        self._alive = value
+        if stopping:
+            for callback in self._on_stopping:
+                # Possibly inside a signal handler (SIGTERM): run it in a greenlet,
+                # as gunicorn's own gevent worker does with SIGQUIT.
+                gevent.spawn(callback)
+
+    def when_stopping(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the worker stops taking work (before its last requests finish)."""
+        self._on_stopping.append(callback)
+
+    def count_requests(self, count: int) -> None:
+        """Work taken outside HTTP (ZeroMQ messages) counts towards ``max_requests``, as requests do."""
+        self.nr += count
+        if self.max_requests and self.nr >= self.max_requests and self.alive:
+            log.info("max_requests reached; the worker drains and restarts", extra={"event": "zmq_recycle"})
+            self.alive = False
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         """Serve one connection; first make room if the worker is near its limit."""

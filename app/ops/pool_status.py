@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from app.core.lifecycle import Status
 from app.ops import metrics
 from app.ops.processes import is_alive
 
@@ -120,6 +121,8 @@ def read_all(directory: str, own: dict[str, Any]) -> list[dict[str, Any]]:
 class PoolStatus:
     """The worker's side: writes its snapshot each second, answers /pools."""
 
+    name = "pool_status"
+
     def __init__(self, gateway: Gateway, directory: str | None = None):
         self.gateway = gateway
         self.directory = directory if directory is not None else metrics.multiprocess_dir()
@@ -156,7 +159,11 @@ class PoolStatus:
             self.write(own)
         return merge(read_all(self.directory, own))
 
-    def stop(self) -> None:
+    def status(self) -> Status:
+        """No part in /readyz (its view is /pools)."""
+        return Status()
+
+    def stop(self, timeout: float = 0.0) -> None:
         """Stop writing and remove this worker's file."""
         if self._greenlet is not None:
             self._greenlet.kill(block=False)

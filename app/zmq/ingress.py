@@ -1,6 +1,6 @@
 """A worker's ZeroMQ side: messages from the relay, published through the worker's own pools.
 
-Started by gunicorn's ``post_worker_init`` (:func:`start_in_worker`), after
+Added to the worker's services by gunicorn's ``post_worker_init``, after
 gevent's patching, with a green ZeroMQ context of the worker's own. Its
 DEALER connects to the relay's private back end (:mod:`app.zmq.relay`);
 wire formats are in :mod:`app.zmq.frames`. Three kinds of greenlet:
@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -37,6 +37,7 @@ from gevent.event import Event
 
 from app.core.errors import GatewayError, UnknownConnection
 from app.core.gateway import Gateway
+from app.core.lifecycle import Status
 from app.core.message import parse_body
 from app.ops import metrics
 from app.zmq.frames import BYE, HELLO, MESSAGES, OK, REPLIES, error_reply, pack, unpack
@@ -85,7 +86,10 @@ class _Lane:
 class ZmqIngress:
     """One worker's connection to the relay and everything it has taken from it."""
 
-    def __init__(self, gateway: Gateway, backend: str, *, capacity: int, identity: bytes):
+    name = "zmq"
+
+    def __init__(self, gateway: Gateway, backend: str, *, capacity: int, identity: bytes,
+                 on_taken: Callable[[int], None] | None = None):
         self.gateway = gateway
         self.backend = backend
         self.capacity = capacity
@@ -93,7 +97,7 @@ class ZmqIngress:
         self.in_flight = 0
         self.draining = False
         self.stats = {"received": 0, "ok": 0, "errors": 0}
-        self.on_taken: Any = None  # callable(count), e.g. gunicorn's max_requests bookkeeping
+        self.on_taken = on_taken  # told how many messages were taken (the worker's max_requests)
         self._lanes: dict[str, _Lane] = {}
         self._replies: deque[tuple[bytes, bytes]] = deque()
         self._control: deque[list[bytes]] = deque()
@@ -132,6 +136,14 @@ class ZmqIngress:
         self._drain_started = time.monotonic()
         self._hello()
         self._check_idle()
+
+    def stop(self, timeout: float) -> None:
+        """As a component of the worker: close, giving what was taken its publish deadline."""
+        self.close(max(timeout, self.gateway.settings.publish_timeout + 2))
+
+    def status(self) -> Status:
+        """No part in /readyz: a worker without its relay still serves HTTP."""
+        return Status()
 
     def close(self, timeout: float) -> None:
         """Drain, wait (bounded) until everything taken is answered, then close the socket."""
@@ -293,35 +305,3 @@ class ZmqIngress:
     def _check_idle(self) -> None:
         if self.draining and not self._reading and self.in_flight == 0 and not self._replies:
             self._idle.set()
-
-
-def start_in_worker(worker: Any) -> ZmqIngress | None:
-    """gunicorn ``post_worker_init``: start the worker's ingress when ZeroMQ is on."""
-    backend = getattr(worker, "gateway_zmq_backend", None)
-    if not backend:
-        return None
-    app = worker.wsgi
-    gateway: Gateway = app.extensions["gateway"]
-    ingress = ZmqIngress(gateway, backend, capacity=gateway.settings.zmq_max_in_flight,
-                         identity=b"%d" % os.getpid())
-
-    def taken(count: int) -> None:
-        # ZeroMQ messages count towards max_requests, as requests do: a
-        # worker that only serves ZeroMQ is recycled too.
-        worker.nr += count
-        if worker.nr >= worker.max_requests and worker.alive:
-            log.info("max_requests reached; the worker drains and restarts", extra={"event": "zmq_recycle"})
-            worker.alive = False
-
-    ingress.on_taken = taken
-    app.extensions["zmq_ingress"] = ingress
-    ingress.start()
-    gevent.spawn(_drain_when_told, worker, ingress)
-    return ingress
-
-
-def _drain_when_told(worker: Any, ingress: ZmqIngress) -> None:
-    # gunicorn's SIGTERM handler and max_requests only clear worker.alive.
-    while worker.alive:
-        gevent.sleep(0.1)
-    ingress.drain()

@@ -10,9 +10,9 @@ import pytest
 from psycogreen.gevent import patch_psycopg
 
 from app.config import Settings, settings_from_text
-from app.core.gateway import Gateway
-from app.db.live_source import DbSource
 from app.db.schema import apply_schema
+from app.http.auth import Access
+from app.http.services import WorkerServices
 from tests.conftest import FAST
 from tests.support.pg import PG_HOST, PG_PORT, PgDatabase, admin_connection
 from tests.support.proxy import TcpProxy
@@ -68,21 +68,18 @@ def db_settings(database: PgDatabase, extra: str = "", port: int = PG_PORT, conn
 
 @pytest.fixture
 def run_source() -> Iterator:
-    """run_source(settings) -> (Gateway, DbSource), both started; stopped and closed after the test."""
-    made: list[tuple[Gateway, DbSource]] = []
+    """run_source(settings) -> the worker's services (gateway and DbSource), started; stopped after the test."""
+    made: list[WorkerServices] = []
 
-    def run(settings: Settings) -> tuple[Gateway, DbSource]:
-        gateway = Gateway(settings)
-        gateway.start(specs=())
-        source = DbSource(settings, gateway)
-        source.start()
-        made.append((gateway, source))
-        return gateway, source
+    def run(settings: Settings) -> WorkerServices:
+        services = WorkerServices(settings, Access(None, "", False))
+        made.append(services)
+        services.start()
+        return services
 
     yield run
-    for gateway, source in made:
-        source.stop()
-        gateway.close()
+    for services in made:
+        services.stop(2.0)
 
 
 @pytest.fixture

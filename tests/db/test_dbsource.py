@@ -49,7 +49,8 @@ def test_rows_load_and_changes_arrive_within_2s(pgdb, run_source, two_brokers, v
     _p, _b, rp, rb, queue = two_brokers
     pgdb.insert("a", vhost_url(vhosts, "primary"))
     pgdb.insert("off", vhost_url(vhosts, "primary"), enabled=False)
-    gateway, source = run_source(db_settings(pgdb))
+    worker = run_source(db_settings(pgdb))
+    gateway, source = worker.gateway, worker.config_source
     wait_until(lambda: gateway.ready, 5, message="first config loaded")
     assert sorted(gateway.routes) == ["a"]  # disabled rows are not loaded
     gateway.publish("a", queue, b"1")
@@ -84,7 +85,7 @@ def test_rows_load_and_changes_arrive_within_2s(pgdb, run_source, two_brokers, v
 
     assert sorted(rp.bodies(queue)) == [b"1", b"2"]
     assert sorted(rb.bodies(queue)) == [b"3", b"4"]
-    status = gateway.readiness()["config_source"]
+    status = worker.readiness()["config_source"]
     assert status["state"] == "live" and status["loaded"] and status["skipped_rows"] == {}
     assert source.syncs >= 6  # connect + one per change
 
@@ -92,7 +93,8 @@ def test_rows_load_and_changes_arrive_within_2s(pgdb, run_source, two_brokers, v
 def test_burst_during_primary_change_loses_nothing(pgdb, run_source, two_brokers, vhosts):
     _p, _b, rp, rb, queue = two_brokers
     pgdb.insert("x", vhost_url(vhosts, "primary"))
-    gateway, _source = run_source(db_settings(pgdb))
+    worker = run_source(db_settings(pgdb))
+    gateway, _source = worker.gateway, worker.config_source
     wait_until(lambda: gateway.ready, 5)
     burst = Burst(lambda body: gateway.publish("x", queue, body), interval=0.005, concurrency=8).start()
     gevent.sleep(0.5)
@@ -129,11 +131,12 @@ def test_bad_row_is_skipped_and_the_others_work(pgdb, run_source, rabbit, app_lo
     pgdb.insert("bad", f"guest:{secret}@127.0.0.1:notaport/")
     pgdb.insert("bad id!", broker())
     pgdb.insert("badbackup", broker(), f"amqp://guest:{secret}@127.0.0.1:5672/?nope=1")
-    gateway, source = run_source(db_settings(pgdb))
+    worker = run_source(db_settings(pgdb))
+    gateway, source = worker.gateway, worker.config_source
     wait_until(lambda: gateway.ready, 5)
     gateway.publish("good", queue, b"ok")
     assert sorted(gateway.routes) == ["good"]
-    skipped = gateway.readiness()["config_source"]["skipped_rows"]
+    skipped = worker.readiness()["config_source"]["skipped_rows"]
     assert sorted(skipped) == ["bad", "bad id!", "badbackup"]
     assert "invalid port" in skipped["bad"] and "backup" in skipped["badbackup"]
     lines = [r.getMessage() for r in events(app_log, "config_row_skipped")]
@@ -144,7 +147,7 @@ def test_bad_row_is_skipped_and_the_others_work(pgdb, run_source, rabbit, app_lo
     pgdb.execute("UPDATE rmq_connections SET primary_url = %s WHERE connection_id = 'bad'", (broker(),))
     wait_until(lambda: publishable(gateway, "bad", queue, b"fixed"), 2)
     assert gateway.routes["good"] is good_route
-    assert sorted(gateway.readiness()["config_source"]["skipped_rows"]) == ["bad id!", "badbackup"]
+    assert sorted(worker.readiness()["config_source"]["skipped_rows"]) == ["bad id!", "badbackup"]
     assert rabbit.bodies(queue) == [b"ok", b"fixed"]
     assert source.skipped.keys() == {"bad id!", "badbackup"}
 
@@ -152,7 +155,8 @@ def test_bad_row_is_skipped_and_the_others_work(pgdb, run_source, rabbit, app_lo
 def test_periodic_resync_catches_a_missed_notification(pgdb, run_source, rabbit, app_log):
     queue = rabbit.queue()
     pgdb.insert("a", broker())
-    gateway, _source = run_source(db_settings(pgdb, "DB_RESYNC_INTERVAL,0.5"))
+    worker = run_source(db_settings(pgdb, "DB_RESYNC_INTERVAL,0.5"))
+    gateway, _source = worker.gateway, worker.config_source
     wait_until(lambda: gateway.ready, 5)
     # A change that sends no notification (trigger off): only the re-read can see it.
     pgdb.execute("ALTER TABLE rmq_connections DISABLE TRIGGER rmq_connections_notify")
@@ -167,10 +171,11 @@ def test_database_down_at_start_retries_and_readyz_says_why(pgdb, run_source, pg
     pgdb.insert("a", broker())
     pg_proxy.refuse()
     retries_before = metrics.CONFIG_DB_RETRIES._value.get()
-    gateway, source = run_source(db_settings(pgdb, port=pg_proxy.port))
+    worker = run_source(db_settings(pgdb, port=pg_proxy.port))
+    gateway, source = worker.gateway, worker.config_source
     wait_until(lambda: len(events(app_log, "config_db_down")) >= 1, 3)
     gevent.sleep(1)  # several retries
-    state = gateway.readiness()
+    state = worker.readiness()
     assert state["ready"] is False and state["connections"] == {}
     status = state["config_source"]
     assert status["state"] == "connecting" and status["loaded"] is False
@@ -185,7 +190,7 @@ def test_database_down_at_start_retries_and_readyz_says_why(pgdb, run_source, pg
     took = wait_until(lambda: gateway.ready, 3, message="config loaded once the database is back")
     print(f"database back -> ready: {took:.3f}s")
     gateway.publish("a", queue, b"after")
-    assert gateway.readiness()["config_source"]["state"] == "live"
+    assert worker.readiness()["config_source"]["state"] == "live"
     assert rabbit.bodies(queue) == [b"after"]
     assert source.last_error is None
 
@@ -196,10 +201,11 @@ def test_database_lost_keeps_last_config_and_resyncs_when_back(fault, pgdb, run_
     pgdb.insert("a", broker())
     pgdb.insert("doomed", broker())
     # A blackholed link sends nothing, not even an error: the re-read (0.5 s) notices it.
-    gateway, source = run_source(db_settings(pgdb, "DB_RESYNC_INTERVAL,0.5\nDB_TIMEOUT,0.5", port=pg_proxy.port))
+    worker = run_source(db_settings(pgdb, "DB_RESYNC_INTERVAL,0.5\nDB_TIMEOUT,0.5", port=pg_proxy.port))
+    gateway, source = worker.gateway, worker.config_source
     wait_until(lambda: gateway.ready and source.connected, 5)
     getattr(pg_proxy, fault)()
-    wait_until(lambda: gateway.readiness()["config_source"]["state"] == "disconnected", 3,
+    wait_until(lambda: worker.readiness()["config_source"]["state"] == "disconnected", 3,
                message="database loss noticed")
     # Changes made while the gateway cannot see them.
     pgdb.insert("c", broker())
@@ -207,7 +213,7 @@ def test_database_lost_keeps_last_config_and_resyncs_when_back(fault, pgdb, run_
     burst = Burst(lambda body: gateway.publish("a", queue, body), interval=0.01, concurrency=4).start()
     gevent.sleep(1.5)
     assert gateway.ready and "doomed" in gateway.routes and "c" not in gateway.routes
-    assert gateway.readiness()["config_source"]["detail"].startswith("PostgreSQL unreachable: serving the last")
+    assert worker.readiness()["config_source"]["detail"].startswith("PostgreSQL unreachable: serving the last")
     pg_proxy.restore()
     restored = time.monotonic()
     wait_until(lambda: "c" in gateway.routes and "doomed" not in gateway.routes, 3,
@@ -219,7 +225,7 @@ def test_database_lost_keeps_last_config_and_resyncs_when_back(fault, pgdb, run_
     # And live changes flow again.
     pgdb.insert("d", broker())
     wait_until(lambda: "d" in gateway.routes, 2, message="notification after reconnect")
-    assert gateway.readiness()["config_source"]["state"] == "live"
+    assert worker.readiness()["config_source"]["state"] == "live"
 
 
 def test_missing_table_is_reported_then_picked_up(bare_db, run_source, rabbit):
@@ -227,9 +233,10 @@ def test_missing_table_is_reported_then_picked_up(bare_db, run_source, rabbit):
 
     queue = rabbit.queue()
     settings = db_settings(bare_db)
-    gateway, _source = run_source(settings)
-    wait_until(lambda: (gateway.readiness()["config_source"]["last_error"] or "").endswith("`make schema`)"), 3)
-    assert 'relation "rmq_connections" does not exist' in gateway.readiness()["config_source"]["last_error"]
+    worker = run_source(settings)
+    gateway, _source = worker.gateway, worker.config_source
+    wait_until(lambda: (worker.readiness()["config_source"]["last_error"] or "").endswith("`make schema`)"), 3)
+    assert 'relation "rmq_connections" does not exist' in worker.readiness()["config_source"]["last_error"]
     apply_schema(settings)
     bare_db.insert("a", broker())
     wait_until(lambda: gateway.ready, 3)
@@ -238,7 +245,7 @@ def test_missing_table_is_reported_then_picked_up(bare_db, run_source, rabbit):
 
 
 def test_create_app_reads_the_database_and_ignores_file_lines(pgdb, rabbit, app_log):
-    from app.http.factory import create_app, shutdown
+    from app.http.factory import create_app, services_of, shutdown
 
     queue = rabbit.queue()
     pgdb.insert("a", broker())
@@ -246,6 +253,7 @@ def test_create_app_reads_the_database_and_ignores_file_lines(pgdb, rabbit, app_
     assert [spec.conn_id for spec in settings.connections] == ["filed"]
     assert pgdb.password in settings.secrets()  # from GATEWAY_DB_PASSWORD, masked in every log line
     app = create_app(settings)
+    services_of(app).start()  # as gunicorn's post_worker_init does
     try:
         client = app.test_client()
         wait_until(lambda: client.get("/readyz").status_code == 200, 5)
@@ -257,7 +265,7 @@ def test_create_app_reads_the_database_and_ignores_file_lines(pgdb, rabbit, app_
         assert pgdb.password not in client.get("/readyz").get_data(as_text=True)
     finally:
         shutdown(app)
-    assert app.extensions.get("dbsource") is None
+    assert not services_of(app).config_source.running
     ignored = [r.getMessage() for r in events(app_log, "config_lines_ignored")]
     assert len(ignored) == 1 and "1 RMQ_CONN_STR line(s)" in ignored[0]
     assert rabbit.bodies(queue) == [b"hello"]
