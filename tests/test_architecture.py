@@ -23,7 +23,7 @@ ENTRY_POINTS = {
                "app.zmq.supervisor", ("flask", "werkzeug", "pika", "psycopg2")),
     # python -m app.zmq.relay: pyzmq only.
     "relay": ("import app.zmq.relay", HEAVY),
-    "config check": ("import app.config.check", HEAVY + ("zmq",)),
+    "config check": ("import app.config.check", (*HEAVY, "zmq")),
 }
 
 
