@@ -29,7 +29,7 @@ def _raise(*_args, **_kwargs):
 STAGES = {
     # A TLS file that went missing after the config was loaded, a pika bug, ...
     "parameters": (broker_module, "connection_parameters"),
-    "connect": (broker_module, "GeventConnection"),
+    "connect": (broker_module, "PikaConnection"),
     "channel open (in the hub)": (BrokerConnection, "_on_open"),
     "probe": (BrokerConnection, "probe"),
     "close": (BrokerConnection, "close"),

@@ -30,14 +30,13 @@ def test_bodies_arrive_byte_exact(gw, rabbit):
 
 
 def test_the_hot_path_owns_its_connections_confirms_and_writes(gw):
-    # app/amqp/connection.py leans on internals of the pinned pika (its docstring lists
-    # them): if an upgrade moves them, this fails instead of the gateway quietly
-    # running without its fast path.
+    # app/amqp/pika_seam.py leans on internals of the pinned pika (and checks them
+    # at import): on a live connection, the fast path must be the one in use.
     pool = gw.route("a").pools[0]
     conn = pool.acquire(2)
     try:
-        assert conn._plain_transport is not None and conn._plain_transport is conn._conn._transport
-        assert conn._conn._on_data_available.__qualname__.endswith("._take_over_confirms.<locals>.feed")
+        assert conn._conn.writes_direct
+        assert conn._conn.reads_first
         assert conn.publish_batch([("test.no.such.queue.ever", b"x")], 5)[0].code == "unroutable"
     finally:
         pool.release(conn)

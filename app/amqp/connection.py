@@ -8,11 +8,10 @@ broker's acks (often ``multiple=True``) are mapped back by delivery tag, so a
 batch costs one round trip, not one per message.
 
 The publish frames and the broker's acks and nacks, the hot path, are written
-and read by :mod:`app.amqp.wire` rather than by pika's general machinery
-(measured: a batch of one cost the worker 600 µs through pika, 360 µs so).
-That leans on these internals of the pinned pika version, checked by the
-tests: ``Connection._on_data_available``, ``_frame_buffer``,
-``_body_max_length``, ``_transport`` and its ``_sock``.
+and read by :mod:`app.amqp.wire` rather than by pika's general machinery,
+which cost more than the work it wrapped (README, "The hot path"). That
+needs hooks into pika's internals: :mod:`app.amqp.pika_seam` holds them, the
+one module that uses pika's private names.
 
 Outcome of each message: ``None`` (the broker confirmed it), :class:`Unroutable`
 (returned, then acked), :class:`PublishNacked`, :class:`ConfirmTimeout`, or
@@ -34,14 +33,9 @@ import pika
 import pika.exceptions
 from gevent.event import AsyncResult, Event
 from pika import spec
-from pika.adapters.gevent_connection import (
-    GeventConnection,
-    _GeventSelectorIOLoop,
-    _GeventSelectorIOServicesAdapter,
-)
 from pika.adapters.utils import connection_workflow
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 
+from app.amqp.pika_seam import PikaConnection, io_services
 from app.amqp.wire import ConfirmReader, publish_frames
 from app.config import BrokerAddress, Settings, tls_context
 from app.core.errors import (
@@ -70,26 +64,6 @@ _connection_seq = itertools.count(1)
 def process_tag() -> str:
     """This process's part of message ids (8 hex digits)."""
     return process_token()[:8]
-
-
-_io_services: tuple[object, _GeventSelectorIOServicesAdapter] | None = None
-
-
-def io_services() -> _GeventSelectorIOServicesAdapter:
-    """This worker's one pika I/O loop on the gevent hub, shared by all its connections.
-
-    A ``GeventConnection`` made without one builds a loop of its own, and each
-    loop opens an ``os.pipe()`` (for pika's cross-thread callbacks) that
-    nothing ever closes: two descriptors leaked per connection attempt
-    (issue 14). One loop per hub holds one pipe for the worker's lifetime;
-    pika's connections are made to share a loop (its ``create_connection``
-    does so for its attempts).
-    """
-    global _io_services
-    hub = gevent.get_hub()
-    if _io_services is None or _io_services[0] is not hub:
-        _io_services = (hub, _GeventSelectorIOServicesAdapter(_GeventSelectorIOLoop(hub)))
-    return _io_services[1]
 
 
 def connection_parameters(address: BrokerAddress, settings: Settings, name: str) -> pika.ConnectionParameters:
@@ -160,7 +134,7 @@ class BrokerConnection:
         self._seq = next(_connection_seq)
         self._id_prefix = f"{process_tag()}.{self._seq}."
         self._id_prefix_bytes = self._id_prefix.encode()
-        self._conn: GeventConnection | None = None
+        self._conn: PikaConnection | None = None
         self._channel: pika.channel.Channel | None = None
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._tag = 0
@@ -174,7 +148,6 @@ class BrokerConnection:
         self.nack_streak = 0
         self.nack_streak_since = 0.0
         self.log_fields: dict[str, str] = {"server": address.display}  # + conn_id and role, for its log lines
-        self._plain_transport: _AsyncPlaintextTransport | None = None  # set once confirms are ours
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
         # Told (in the hub) when the broker blocks or unblocks it: on_blocked(conn, blocked).
@@ -192,7 +165,7 @@ class BrokerConnection:
         params = connection_parameters(address, settings, name)
         params.socket_timeout = params.stack_timeout = timeout
         try:
-            self._conn = GeventConnection(
+            self._conn = PikaConnection(
                 params,
                 on_open_callback=lambda _conn: self._on_open(ready),
                 on_open_error_callback=lambda _conn, err: ready.set_exception(_as_exception(err)),
@@ -233,29 +206,11 @@ class BrokerConnection:
     def _take_over_confirms(self, channel_number: int) -> None:
         # From now on the broker's bytes pass through a ConfirmReader, which
         # handles this channel's acks and nacks itself and hands every other
-        # frame to pika. Until pika's buffer has no part of a frame left (only
-        # possible for the data read with this very frame), pika keeps it all;
-        # acks it sees still arrive through _on_confirm.
+        # frame to pika. Acks that pika still sees (read with this very frame)
+        # arrive through _on_confirm.
         conn = self._conn
         assert conn is not None
-        pika_feed = conn._on_data_available
-
-        def count(size: int) -> None:
-            conn.bytes_received += size
-            conn.frames_received += 1
-
-        reader = ConfirmReader(channel_number, self._confirmed, pika_feed, count)
-
-        def feed(data: bytes) -> None:
-            if conn._frame_buffer:
-                pika_feed(data)
-            else:
-                reader.feed(data)
-
-        conn._on_data_available = feed
-        transport = conn._transport
-        if type(transport) is _AsyncPlaintextTransport:
-            self._plain_transport = transport
+        conn.read_first(ConfirmReader(channel_number, self._confirmed, conn.pika_feed, conn.count_received).feed)
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method
@@ -353,7 +308,7 @@ class BrokerConnection:
         batch = _Batch(len(messages))
         conn = self._conn
         assert conn is not None and self._channel is not None
-        channel, body_max = self._channel.channel_number, conn._body_max_length
+        channel, body_max = self._channel.channel_number, conn.body_max
         delivery_mode = 2 if persistent else 1
         timestamp = int(time.time())
         prefix = self._id_prefix_bytes
@@ -383,25 +338,10 @@ class BrokerConnection:
         return batch.outcomes
 
     def _write(self, data: bytes) -> None:
-        # Straight to the socket when pika has nothing queued before it (the
-        # order of frames is kept), else behind what pika has queued. pika's
-        # transport writes only on the hub's next turn, one watcher change and
-        # one loop iteration per batch, which cost more than the send itself.
         conn = self._conn
         assert conn is not None
-        conn.bytes_sent += len(data)
-        transport = self._plain_transport
-        if transport is not None and not transport.get_write_buffer_size() and not self.lost_reason:
-            try:
-                sent = transport._sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        if conn._transport is None:
+        if not conn.write_now(data):
             raise ConnectionLost(f"{self.name}: connection closed")
-        conn._transport.write(data)
 
     def probe(self, timeout: float) -> None:
         """One round trip on the channel (basic.qos); raise ConnectionLost if it fails."""
@@ -447,10 +387,7 @@ class BrokerConnection:
         if conn is None or self._closed.is_set():
             return
         if conn.is_open or conn.is_closing:
-            # pika has no public abort. _terminate_stream is what pika's own
-            # heartbeat checker calls on a silent peer: it records the reason,
-            # drops the socket and fires the close callback.
-            conn._terminate_stream(pika.exceptions.StreamLostError("aborted by the gateway: peer not answering"))
+            conn.abort_stream(pika.exceptions.StreamLostError("aborted by the gateway: peer not answering"))
         elif not conn.is_closed:
             # Still opening: closing aborts the connection workflow.
             with contextlib.suppress(pika.exceptions.AMQPError):
