@@ -44,6 +44,7 @@ the request was not read (or cannot be trusted), so the connection is not reused
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 
 
@@ -173,7 +174,6 @@ class UnsupportedCoding(GatewayError):
 class Unavailable(GatewayError):
     status = 503
     code = "unavailable"
-    retry_after = 1
 
 
 class PoolTimeout(Unavailable):
@@ -266,3 +266,13 @@ def describe_exception(exc: BaseException) -> str:
         text = text[:200] + "..."
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
+
+
+def internal_error(log: logging.Logger, what: str, **fields: str) -> GatewayError:
+    """Log the exception being handled (a bug: traceback, ``internal_error`` event); the answer to give.
+
+    Every ingress and the group commit end their "never a dead worker" guards
+    here, so an unexpected error reads the same in the log and to the client.
+    """
+    log.exception("unexpected error %s", what, extra={"event": "internal_error", **fields})
+    return GatewayError("internal error; see the gateway's log")

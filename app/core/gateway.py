@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from app.amqp.connection import BrokerConnection, Message, Outcome
 from app.amqp.health import BrokerHealth
@@ -43,27 +43,16 @@ from app.core.errors import (
     Unavailable,
     UnknownConnection,
 )
+from app.core.group_commit import GroupCommit, Waiting
 from app.core.lifecycle import Status
 from app.core.retry import RetryBudget
 from app.ops import metrics
 
 log = logging.getLogger(__name__)
 
+Addressed = tuple[str, str, bytes]  # (connection id, queue, body)
+
 ATTEMPTS_PER_BROKER = 2  # a lost connection is retried once more on the same broker
-MAX_BATCH = 1000  # messages one flusher publishes in one go
-COLLECT_MAX_WAIT = 0.002  # seconds a new flusher waits at most for the hub to go idle
-
-
-class _Slot:
-    """One message waiting in a route's group commit, and where its outcome goes."""
-
-    __slots__ = ("body", "deadline", "queue", "result")
-
-    def __init__(self, queue: str, body: bytes, deadline: float):
-        self.queue = queue
-        self.body = body
-        self.deadline = deadline
-        self.result: AsyncResult = AsyncResult()
 
 
 class Route:
@@ -77,95 +66,28 @@ class Route:
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         self.circuits = QueueCircuits(settings.queue_circuit_open, settings.confirm_timeout)
         self.nacks = NackJudge(spec.conn_id, settings.nack_retire_after, settings.nack_queue_hold)
-        self._queued: deque[_Slot] = deque()
-        self._flushers = 0
-        self._collecting = False
         # As many flushers as the primary and backup can hold connections: when
         # a stalled primary holds its flushers until their confirms time out,
         # publishes after the failover still find flushers for the backup.
-        self.max_flushers = (settings.pool_size + settings.pool_max_overflow) * len(self.pools)
+        width = (settings.pool_size + settings.pool_max_overflow) * len(self.pools)
+        self.commit = GroupCommit(spec.conn_id, self.publish_batch, width)
         self.active_role: str | None = None
         for pool in self.pools:
             pool.health.subscribe(self._on_health_change)
 
-    # -- group commit --------------------------------------------------------------
-    #
-    # A round trip to the broker costs far more than a message in it (the
-    # confirm waits for the broker's fsync; each round trip costs the worker
-    # and the broker CPU of its own): publishing one message per round trip
-    # caps a worker at (connections / round trip). So concurrent publishes
-    # queue up here, and up to ``max_flushers`` flushers each take everything
-    # waiting and publish it as one pipelined batch on one pooled connection
-    # (held by that flusher alone). A new flusher starts only when none is
-    # collecting, and it waits for the hub to go idle (at most
-    # COLLECT_MAX_WAIT) before it takes the queue, so requests that arrived
-    # together share its batch instead of each starting a flusher of its own
-    # (measured under HTTP load: ~9 messages a batch instead of ~5, and less
-    # CPU in the worker and in the broker). Alone, a publish goes out at once:
-    # an idle hub is idle at once.
-
     def publish(self, queue: str, body: bytes, deadline: float) -> Outcome:
         """Publish one message through the group commit; its outcome."""
-        slot = _Slot(queue, body, deadline)
-        self._queued.append(slot)
-        if not self._collecting:
-            if self._flushers < self.max_flushers:
-                self._start_flusher()
-            else:
-                # Every flusher is busy (a stalled broker holds them until their
-                # confirms time out): wait no longer than this publish's deadline.
-                try:
-                    waited: Outcome = slot.result.get(timeout=max(deadline - time.monotonic(), 0.0) + 1.0)
-                except gevent.Timeout:
-                    if slot in self._queued:
-                        self._queued.remove(slot)  # never taken: not published
-                        return PoolTimeout(f"{self.conn_id}: every publisher busy until the deadline")
-                    return ConfirmTimeout("no confirm within the publish deadline")  # taken: may be published
-                return waited
-        # A flusher answers every slot it takes, and publish_batch ends by the
-        # deadline: no timer per message here (one costs ~10 µs).
-        outcome: Outcome = slot.result.get()
+        result: AsyncResult = AsyncResult()
+        self.commit.add(Waiting(queue, body, deadline, result.set))
+        # The group commit answers every message it takes (one past its deadline
+        # unsent): no timer per message here.
+        outcome: Outcome = result.get()
         return outcome
 
     @property
     def busy(self) -> bool:
         """Publishes are queued or being flushed."""
-        return bool(self._queued) or self._flushers > 0
-
-    def _flush(self) -> None:
-        batch: list[_Slot] = []
-        try:
-            # Let the hub first handle everything ready now (requests that arrived
-            # together join this batch), bounded for a hub that is never idle.
-            with gevent.Timeout(COLLECT_MAX_WAIT, False):
-                gevent.idle()
-            while self._queued:
-                self._collecting = False
-                count = min(len(self._queued), MAX_BATCH)
-                batch = [self._queued.popleft() for _ in range(count)]
-                try:
-                    outcomes = self.publish_batch([(s.queue, s.body) for s in batch], min(s.deadline for s in batch))
-                except Exception:
-                    log.exception("unexpected error publishing a batch", extra={"event": "internal_error",
-                                                                                "conn_id": self.conn_id})
-                    outcomes = [GatewayError("internal error; see the gateway's log")] * len(batch)
-                for slot, outcome in zip(batch, outcomes, strict=True):
-                    slot.result.set(outcome)
-                batch = []
-        finally:
-            # Killed mid-batch (never expected): its publishes may have gone out.
-            for slot in batch:
-                if not slot.result.ready():
-                    slot.result.set(ConfirmTimeout("publisher stopped before the confirm"))
-            self._collecting = False
-            self._flushers -= 1
-            if self._queued and self._flushers < self.max_flushers:
-                self._start_flusher()
-
-    def _start_flusher(self) -> None:
-        self._flushers += 1
-        self._collecting = True
-        gevent.spawn(self._flush)
+        return self.commit.busy
 
     def start(self) -> None:
         """Start filling every pool."""
@@ -499,10 +421,50 @@ class Gateway:
         if outcome is not None:
             raise outcome
 
+    def publish_many(self, messages: Sequence[Addressed], answer: Callable[[int, Outcome], None]) -> None:
+        """Publish messages of any ids; ``answer(index, outcome)`` is called once for each.
+
+        Here the messages are split by connection id: each id's join its group
+        commit, in order. A message of an unknown id (or one sent while the
+        worker closes) is answered before this returns; the others from the
+        flushers, once confirmed or failed. Nothing here blocks.
+        """
+        deadline = time.monotonic() + self.settings.publish_timeout
+        by_id: dict[str, list[Waiting]] = {}
+        for index, (conn_id, queue, body) in enumerate(messages):
+            waiting = by_id.get(conn_id)
+            if waiting is None:
+                try:
+                    self.route(conn_id)
+                except GatewayError as exc:
+                    answer(index, exc)
+                    continue
+                waiting = by_id[conn_id] = []
+            waiting.append(Waiting(queue, body, deadline, partial(answer, index)))
+        for conn_id, waiting in by_id.items():
+            self.routes[conn_id].commit.add_many(waiting)
+
+    def publish_all(self, messages: Sequence[Addressed]) -> list[Outcome]:
+        """Publish messages of any ids and wait for them all; one outcome per message, in order."""
+        outcomes: list[Outcome] = [None] * len(messages)
+        left = len(messages)
+        done = Event()
+
+        def answer(index: int, outcome: Outcome) -> None:
+            nonlocal left
+            outcomes[index] = outcome
+            left -= 1
+            if not left:
+                done.set()
+
+        if messages:
+            self.publish_many(messages, answer)
+            done.wait()
+        return outcomes
+
     def publish_batch(self, conn_id: str, messages: Sequence[Message]) -> list[Outcome]:
-        """Publish many messages of one id; one outcome per message."""
-        route = self.route(conn_id)
-        return route.publish_batch(messages, time.monotonic() + self.settings.publish_timeout)
+        """Publish many messages of one id and wait for them; one outcome per message."""
+        return self.publish_all([(conn_id, queue, body) for queue, body in messages])
 
     @property
     def ready(self) -> bool:

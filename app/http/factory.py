@@ -18,7 +18,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from app.config import Settings, current_settings
-from app.core.errors import GatewayError, MethodNotAllowed, NotFound, http_answer
+from app.core.errors import GatewayError, MethodNotAllowed, NotFound, http_answer, internal_error
 from app.http import auth, request_id
 from app.http.publish_endpoint import PublishEndpoint
 from app.http.services import WorkerServices
@@ -41,9 +41,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     services = WorkerServices(settings, access)
     app.extensions["services"] = services
 
-    from app.http import routes
+    from app.http import views
 
-    app.register_blueprint(routes.bp)
+    app.register_blueprint(views.bp)
     app.wsgi_app = PublishEndpoint(app.wsgi_app, services.gateway, access)  # type: ignore[method-assign]
     app.register_error_handler(GatewayError, _error_response)
     app.register_error_handler(HTTPException, _http_error)
@@ -88,5 +88,4 @@ def _http_error(exc: HTTPException) -> Response:
 
 
 def _unexpected_error(exc: Exception) -> Response:
-    log.exception("unexpected error while answering a request", extra={"event": "internal_error"})
-    return _error_response(GatewayError("internal error; see the gateway's log"))
+    return _error_response(internal_error(log, "while answering a request"))

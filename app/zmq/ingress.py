@@ -3,17 +3,16 @@
 Added to the worker's services by gunicorn's ``post_worker_init``, after
 gevent's patching, with a green ZeroMQ context of the worker's own. Its
 DEALER connects to the relay's private back end (:mod:`app.zmq.relay`);
-wire formats are in :mod:`app.zmq.frames`. Three kinds of greenlet:
+wire formats are in :mod:`app.zmq.frames`. Two greenlets and a heartbeat:
 
 * the *reader* takes batches from the relay, at most ``ZMQ_MAX_IN_FLIGHT``
   messages unanswered (the relay's credits keep it there; past it the reader
   stops reading), parses each body with :func:`app.core.message.parse_body` (so a
-  bad one gets the same 400 as over HTTP) and hands the good ones to the
-  *lane* of their connection id;
-* a lane runs up to ``NO_OF_CONNECTIONS`` publishers; each takes everything
-  waiting and publishes it as one batch on one pooled connection
-  (:meth:`Gateway.publish_batch`: the broker's ``multiple=True`` acks are
-  mapped back, one confirm round trip per batch, not per message);
+  bad one gets the same 400 as over HTTP) and hands the good ones to
+  :meth:`Gateway.publish_many`, which splits them by connection id into each
+  id's group commit (:mod:`app.core.group_commit`, which HTTP shares: one
+  confirm round trip per batch, not per message); each answer is queued as
+  a reply;
 * the *writer* is the socket's only sender: batched replies and heartbeats.
 
 Draining (SIGTERM, ``max_requests``): the worker tells the relay, which sends
@@ -35,8 +34,9 @@ import gevent
 import zmq.green as zmq
 from gevent.event import Event
 
-from app.core.errors import GatewayError, UnknownConnection
-from app.core.gateway import Gateway
+from app.amqp.connection import Outcome
+from app.core.errors import GatewayError
+from app.core.gateway import Addressed, Gateway
 from app.core.lifecycle import Status
 from app.core.message import parse_body
 from app.ops import metrics
@@ -46,41 +46,10 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT = 0.5  # seconds between HELLOs: how soon a restarted relay knows us
 POLL_MS = 200
-MAX_BATCH = 1000  # messages published on one connection before waiting for confirms
 REPLY_BATCH = 1000  # replies per message to the relay
 BYE_WAIT = 2.0  # relay silent while we drain: stop waiting for its BYE after this
 LINGER_MS = 1000
 SNDHWM = 1000  # reply batches and heartbeats queued while the relay is away
-
-Item = tuple[bytes, str, bytes]  # (tag, queue, body)
-
-
-class _Lane:
-    """Publishing for one connection id: batches of what waits, on up to ``width`` connections."""
-
-    __slots__ = ("conn_id", "ingress", "pending", "running", "width")
-
-    def __init__(self, ingress: ZmqIngress, conn_id: str, width: int):
-        self.ingress = ingress
-        self.conn_id = conn_id
-        self.width = width
-        self.pending: deque[Item] = deque()
-        self.running = 0
-
-    def add(self, items: list[Item]) -> None:
-        self.pending.extend(items)
-        if self.running < self.width:
-            self.running += 1
-            gevent.spawn(self._publish)
-
-    def _publish(self) -> None:
-        pending = self.pending
-        try:
-            while pending:
-                batch = [pending.popleft() for _ in range(min(len(pending), MAX_BATCH))]
-                self.ingress.publish(self.conn_id, batch)
-        finally:
-            self.running -= 1
 
 
 class ZmqIngress:
@@ -98,7 +67,7 @@ class ZmqIngress:
         self.draining = False
         self.stats = {"received": 0, "ok": 0, "errors": 0}
         self.on_taken = on_taken  # told how many messages were taken (the worker's max_requests)
-        self._lanes: dict[str, _Lane] = {}
+        self._tally = metrics.PublishTally("zmq")  # answers counted, added to the metrics by the writer
         self._replies: deque[tuple[bytes, bytes]] = deque()
         self._control: deque[list[bytes]] = deque()
         self._wake = Event()  # the writer has something to send
@@ -206,66 +175,40 @@ class ZmqIngress:
         count = len(messages)
         self.in_flight += count
         self.stats["received"] += count
-        routes = self.gateway.routes
-        by_id: dict[str, list[Item]] = {}
+        tags: list[bytes] = []
+        parsed: list[Addressed] = []
         for tag, data in messages:
             try:
-                conn_id, queue, body = parse_body(data)
-                if conn_id not in routes:
-                    raise UnknownConnection(f"connection id {conn_id!r} is not configured")
+                message = parse_body(data)
             except GatewayError as exc:
-                metrics.PUBLISHES.labels("zmq", metrics.UNKNOWN_ID, exc.code).inc()
-                self.stats["errors"] += 1
-                self._replies.append((tag, error_reply(exc)))
+                self._reply(tag, metrics.UNKNOWN_ID, exc)
                 continue
-            items = by_id.get(conn_id)
-            if items is None:
-                by_id[conn_id] = [(tag, queue, body)]
-            else:
-                items.append((tag, queue, body))
-        for conn_id, items in by_id.items():
-            self._lane(conn_id).add(items)
-        if self._replies:
-            self._wake.set()
-        metrics.ZMQ_IN_FLIGHT.set(self.in_flight)
-        if self.on_taken is not None:
-            self.on_taken(count)
+            tags.append(tag)
+            parsed.append(message)
+        routes = self.gateway.routes
 
-    def _lane(self, conn_id: str) -> _Lane:
-        lane = self._lanes.get(conn_id)
-        if lane is None:
-            lane = self._lanes[conn_id] = _Lane(self, conn_id, self.gateway.settings.pool_size)
-        return lane
+        def answer(index: int, outcome: Outcome) -> None:
+            conn_id = parsed[index][0]
+            self._reply(tags[index], conn_id if conn_id in routes else metrics.UNKNOWN_ID, outcome)
 
-    # -- publishing --------------------------------------------------------------
-
-    def publish(self, conn_id: str, batch: list[Item]) -> None:
-        """Publish one batch on one connection and queue a reply per message."""
         try:
-            outcomes = self.gateway.publish_batch(conn_id, [(queue, body) for _, queue, body in batch])
-        except GatewayError as exc:  # the id went away meanwhile (a config reload)
-            outcomes = [exc] * len(batch)
-        except Exception:
-            # Never a dead lane and never a message left without its answer.
-            log.exception("unexpected error publishing a ZeroMQ batch", extra={"event": "internal_error"})
-            outcomes = [GatewayError("internal error")] * len(batch)
-        label = conn_id if conn_id in self.gateway.routes else metrics.UNKNOWN_ID
-        replies = self._replies
-        errors: dict[str, int] = {}
-        for (tag, _, _), outcome in zip(batch, outcomes, strict=True):
-            if outcome is None:
-                replies.append((tag, OK))
-            else:
-                replies.append((tag, error_reply(outcome)))
-                errors[outcome.code] = errors.get(outcome.code, 0) + 1
-        failed = sum(errors.values())
-        self.stats["ok"] += len(batch) - failed
-        self.stats["errors"] += failed
-        if len(batch) > failed:
-            metrics.PUBLISHES.labels("zmq", label, "ok").inc(len(batch) - failed)
-        for code, count in errors.items():
-            metrics.PUBLISHES.labels("zmq", label, code).inc(count)
-        metrics.ZMQ_BATCH_SIZE.observe(len(batch))
+            self.gateway.publish_many(parsed, answer)
+        finally:
+            self._wake.set()
+            metrics.ZMQ_IN_FLIGHT.set(self.in_flight)
+            if self.on_taken is not None:
+                self.on_taken(count)
+
+    def _reply(self, tag: bytes, conn_label: str, outcome: Outcome) -> None:
+        """Queue the answer to one message (the writer sends it) and count it."""
+        if outcome is None:
+            self._replies.append((tag, OK))
+            self.stats["ok"] += 1
+            self._tally.add(conn_label, "ok")
+        else:
+            self._replies.append((tag, error_reply(outcome)))
+            self.stats["errors"] += 1
+            self._tally.add(conn_label, outcome.code)
         self._wake.set()
 
     # -- writing -----------------------------------------------------------------
@@ -297,6 +240,7 @@ class ZmqIngress:
                               extra={"event": "zmq_send_failed"})
                 finally:
                     self.in_flight -= len(batch)
+            self._tally.flush()
             metrics.ZMQ_IN_FLIGHT.set(self.in_flight)
             if self.in_flight < self.capacity:
                 self._room.set()

@@ -1,4 +1,4 @@
-"""HTTP routes: batch publish, health, readiness, metrics, the pool view and the OpenAPI document.
+"""The Flask views: batch publish, health, readiness, metrics, the pool view and the OpenAPI document.
 
 ``POST /publish``, the hot path, is answered before Flask by
 :mod:`app.http.publish_endpoint`.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import gevent
 from flask import Blueprint, Response, json, request
 
 from app.core.errors import GatewayError, UnknownConnection
@@ -40,32 +39,22 @@ def publish_batch() -> Response:
         publisher = checks.check_publisher(request.headers.get("Authorization"))
         body = read_body(request.environ, gw.settings.batch_max_size, gw.settings.client_body_timeout)
         records = parse_batch(body, gw.settings.batch_max_messages, gw.settings.max_body_size)
-        by_id: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             checks.check_target(publisher, record.conn_id, record.queue)
             if record.conn_id not in gw.routes:
                 raise UnknownConnection(f"record {index}: connection id {record.conn_id!r} is not configured")
-            by_id.setdefault(record.conn_id, []).append(index)
     except GatewayError as exc:
-        metrics.PUBLISHES.labels("http_batch", metrics.UNKNOWN_ID, exc.code).inc()
+        metrics.publish_done("http_batch", metrics.UNKNOWN_ID, exc.code, time.perf_counter() - started)
         raise
-    outcomes: list[GatewayError | None] = [None] * len(records)
-
-    def publish_id(conn_id: str, indexes: list[int]) -> None:
-        try:
-            results = gw.publish_batch(conn_id, [(records[i].queue, records[i].body) for i in indexes])
-        except GatewayError as exc:  # the id went away meanwhile (a database change)
-            results = [exc] * len(indexes)
-        for index, outcome in zip(indexes, results, strict=True):
-            outcomes[index] = outcome
-
-    gevent.joinall([gevent.spawn(publish_id, conn_id, indexes) for conn_id, indexes in by_id.items()],
-                   raise_error=True)
+    # The gateway splits them by id; an id removed meanwhile (a database change) fails its records only.
+    outcomes = gw.publish_all([(record.conn_id, record.queue, record.body) for record in records])
     elapsed = time.perf_counter() - started
-    for conn_id, indexes in by_id.items():
-        for index in indexes:
-            outcome = outcomes[index]
-            metrics.PUBLISHES.labels("http_batch", conn_id, "ok" if outcome is None else outcome.code).inc()
+    tally = metrics.PublishTally("http_batch")
+    for record, outcome in zip(records, outcomes, strict=True):
+        tally.add(record.conn_id if record.conn_id in gw.routes else metrics.UNKNOWN_ID,
+                  "ok" if outcome is None else outcome.code)
+    tally.flush()
+    for conn_id in {record.conn_id for record in records} & gw.routes.keys():
         metrics.PUBLISH_SECONDS.labels("http_batch", conn_id).observe(elapsed)
     failed = sum(1 for outcome in outcomes if outcome is not None)
     if not failed:

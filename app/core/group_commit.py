@@ -1,0 +1,136 @@
+"""Group commit: the one batching engine behind every ingress.
+
+A round trip to the broker costs far more than a message in it (the confirm
+waits for the broker's fsync; each round trip costs the worker and the
+broker CPU of their own): publishing one message per round trip caps a
+worker at (connections / round trip). So every message of a connection id,
+whether it came as an HTTP ``POST /publish``, a record of a batch or a
+ZeroMQ frame, waits in that id's :class:`GroupCommit`, and up to ``width``
+flushers each take what is waiting (up to :data:`MAX_BATCH`) and publish it
+as one pipelined batch on one pooled connection, mapping the confirms back
+to each message's answer.
+
+A new flusher starts only when none is collecting, and it first lets the
+hub run what is ready (at most :data:`COLLECT_MAX_WAIT`), so requests that
+arrived together share its batch instead of each starting a flusher of its
+own. Alone, a message goes out at once: an idle hub is idle at once.
+A message still waiting at its deadline (every flusher held by a stalled
+broker) is answered ``503 pool_timeout`` and never sent; no timer runs per
+message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import gevent
+
+from app.amqp.connection import Message, Outcome
+from app.core.errors import ConfirmTimeout, PoolTimeout, internal_error
+from app.ops import metrics
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000  # messages one flusher publishes in one go (and most in one HTTP batch)
+COLLECT_MAX_WAIT = 0.002  # seconds a new flusher waits at most for the hub to go idle
+
+Answer = Callable[[Outcome], None]
+PublishBatch = Callable[[Sequence[Message], float], list[Outcome]]
+
+
+class Waiting:
+    """One message waiting for a flusher, and where its outcome goes."""
+
+    __slots__ = ("answer", "body", "deadline", "queue")
+
+    def __init__(self, queue: str, body: bytes, deadline: float, answer: Answer):
+        self.queue = queue
+        self.body = body
+        self.deadline = deadline
+        self.answer = answer
+
+
+class GroupCommit:
+    """Messages of one connection id, published in batches by up to ``width`` flushers."""
+
+    def __init__(self, name: str, publish_batch: PublishBatch, width: int):
+        self.name = name
+        self.publish_batch = publish_batch
+        self.width = width
+        self._queued: deque[Waiting] = deque()
+        self.flushers: set[gevent.Greenlet] = set()  # running now
+        self._collecting = False
+
+    def add(self, message: Waiting) -> None:
+        """Queue one message; its ``answer`` is called once, from a flusher."""
+        self._queued.append(message)
+        self._wake()
+
+    def add_many(self, messages: Sequence[Waiting]) -> None:
+        """Queue many messages, in order."""
+        self._queued.extend(messages)
+        self._wake()
+
+    @property
+    def busy(self) -> bool:
+        """Messages are waiting or being published."""
+        return bool(self._queued) or bool(self.flushers)
+
+    def _wake(self) -> None:
+        # A collecting flusher takes what was just queued; a busy one takes it
+        # after its batch, if every flusher is busy.
+        if not self._collecting and len(self.flushers) < self.width:
+            self._collecting = True
+            self.flushers.add(gevent.spawn(self._flush))
+
+    def _flush(self) -> None:
+        batch: list[Waiting] = []
+        answered = 0
+        try:
+            # Let the hub first handle everything ready now (requests that arrived
+            # together join this batch), bounded for a hub that is never idle.
+            with gevent.Timeout(COLLECT_MAX_WAIT, False):
+                gevent.idle()
+            while self._queued:
+                self._collecting = False
+                batch = [self._queued.popleft() for _ in range(min(len(self._queued), MAX_BATCH))]
+                answered = 0
+                batch = self._answer_expired(batch)
+                if batch:
+                    metrics.BATCH_SIZE.observe(len(batch))
+                    outcomes = self._publish(batch)
+                    for message, outcome in zip(batch, outcomes, strict=True):
+                        answered += 1
+                        message.answer(outcome)
+                batch = []
+        finally:
+            # Killed mid-batch (never expected): its messages may have gone out.
+            for message in batch[answered:]:
+                message.answer(ConfirmTimeout("publisher stopped before the confirm"))
+            self._collecting = False
+            self.flushers.discard(gevent.getcurrent())
+            if self._queued:
+                self._wake()
+
+    def _publish(self, batch: list[Waiting]) -> list[Outcome]:
+        try:
+            return self.publish_batch([(m.queue, m.body) for m in batch], min(m.deadline for m in batch))
+        except Exception:
+            return [internal_error(log, "publishing a batch", conn_id=self.name)] * len(batch)
+
+    @staticmethod
+    def _answer_expired(batch: list[Waiting]) -> list[Waiting]:
+        """Answer the messages whose deadline passed while every flusher was busy; the others."""
+        now = time.monotonic()
+        if all(m.deadline > now for m in batch):
+            return batch
+        live = []
+        for message in batch:
+            if message.deadline > now:
+                live.append(message)
+            else:
+                message.answer(PoolTimeout("every publisher was busy until the deadline; not published"))
+        return live
