@@ -13,7 +13,8 @@ from app.amqp import connection as broker_module
 from app.amqp.connection import BrokerConnection
 from app.config import ConfigError, settings_from_text
 from app.db.live_source import specs_from_rows
-from tests.conftest import broker, make_settings, wait_until
+from tests.support.settings import broker, make_settings
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +47,14 @@ def test_the_pool_recovers_from_a_failure_at_each_stage(stage, start_gateway, ra
     target, name = STAGES[stage]
     with monkeypatch.context() as patch:
         patch.setattr(target, name, _raise)
-        if stage in ("close", "abort") and pool._checker is not None:
-            pool._checker.suspect = True  # the health check replaces (aborts) its connection now
+        if stage in ("close", "abort") and pool.checker.connection is not None:
+            pool.checker.connection.suspect = True  # the health check replaces (aborts) its connection now
         gevent.sleep(2)  # recycling, probes, refills: every path runs into the failure
-    assert all(not g.dead for g in pool._greenlets), f"a pool greenlet died at stage {stage}"
+    assert all(not g.dead for g in pool.greenlets), f"a pool greenlet died at stage {stage}"
     wait_until(lambda: pool.open_count == 3 and pool.health.is_up, 10, message=f"recovered after {stage}")
     gw.publish("a", queue, b"after")
     assert rabbit.count(queue) == 1
-    assert all(not g.dead for g in pool._greenlets)
+    assert all(not g.dead for g in pool.greenlets)
 
 
 def test_a_missing_tls_file_is_a_config_error_naming_the_id_and_file():

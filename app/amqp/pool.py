@@ -11,12 +11,10 @@ SQLAlchemy's QueuePool and django_pgpool:
 * connections above ``min_size`` idle longer than ``idle_timeout`` are closed.
 
 Each connection is lent to one holder at a time, LIFO, so that extra
-connections really go idle. A *keepalive* greenlet checks the role's health
-every health interval on a connection of its own (so a pool whose
-connections are all busy, or all stuck on a stalled broker, is still checked)
-and, every keepalive interval, takes each idle connection out in turn
-(holding it exclusively) to probe it, shrink the pool, or retire it once past
-its max age.
+connections really go idle. A *keepalive* greenlet, every keepalive
+interval, takes each idle connection out in turn (holding it exclusively) to
+probe it, shrink the pool, or retire it once past its max age. The role's
+health is checked beside the pool, by its :class:`~app.amqp.checker.HealthChecker`.
 
 A connection that failed is discarded, never put back; the filler replaces it.
 Acquire waits at most its timeout (:class:`PoolTimeout`) and fails at once
@@ -36,6 +34,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult, Event
 
+from app.amqp.checker import HealthChecker
 from app.amqp.connection import BrokerConnection
 from app.amqp.health import BrokerHealth
 from app.amqp.servers import ServerSet
@@ -48,12 +47,12 @@ from app.core.errors import (
     PoolTimeout,
     describe_exception,
 )
-from app.core.retry import RetryBudget
+from app.core.retry import Backoff, RetryBudget
 from app.ops import metrics
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_START = 0.05
+FILL_BACKOFF_START = 0.05  # seconds before the filler's first retry
 
 
 class ConnectionPool:
@@ -71,6 +70,8 @@ class ConnectionPool:
         self.health = BrokerHealth(f"{self.name} ({self.servers.display})", settings.health_rise,
                                    settings.health_fall, log_fields={"conn_id": conn_id, "role": role})
         self.health.subscribe(self._on_health_change)
+        self.checker = HealthChecker(self.name, self.servers, self.health, settings,
+                                     log_fields={"conn_id": conn_id, "role": role})
         self._idle: deque[BrokerConnection] = deque()
         self._waiters: deque[AsyncResult] = deque()
         self._waiting_since: dict[AsyncResult, float] = {}  # for the longest-wait gauge
@@ -82,7 +83,6 @@ class ConnectionPool:
         self._wanted = Event()  # wakes the filler
         self._greenlets: list[gevent.Greenlet] = []
         self._closed = False
-        self._checker: BrokerConnection | None = None  # the health check's own connection
         self._blocked: set[BrokerConnection] = set()  # connections the broker has blocked
         burst = self.size + self.max_overflow
         self._open_budget = RetryBudget(0.0, settings.pool_open_rate, window=burst / settings.pool_open_rate)
@@ -103,6 +103,12 @@ class ConnectionPool:
         """Start the filler and keepalive greenlets (in the worker, never the master)."""
         self._wanted.set()
         self._greenlets = [gevent.spawn(self._fill_loop), gevent.spawn(self._keepalive_loop)]
+        self.checker.start()
+
+    @property
+    def greenlets(self) -> list[gevent.Greenlet]:
+        """The pool's background greenlets, its health checker's included."""
+        return [*self._greenlets, *([self.checker.greenlet] if self.checker.greenlet is not None else [])]
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the greenlets and close every idle connection cleanly."""
@@ -111,9 +117,9 @@ class ConnectionPool:
         while self._waiters:
             self._waiters.popleft().set(None)
         closing = [self._spawn_close(conn, timeout=timeout) for conn in self._idle]
-        if self._checker is not None:
-            closing.append(self._spawn_close(self._checker, timeout=timeout))
-            self._checker = None
+        checker_closing = self.checker.close(timeout)
+        if checker_closing is not None:
+            closing.append(checker_closing)
         self._idle.clear()
         self._members.clear()
         gevent.joinall(closing, timeout=timeout + 0.5)
@@ -326,7 +332,7 @@ class ConnectionPool:
         return {"conn_id": self.conn_id, "role": self.role, "server": server.display}
 
     def _fill_loop(self) -> None:
-        backoff = _BACKOFF_START
+        backoff = Backoff(FILL_BACKOFF_START, self.settings.reconnect_backoff_max)
         while not self._closed:
             if self.open_count + self._connecting >= self.min_size:
                 self._wanted.clear()
@@ -334,10 +340,9 @@ class ConnectionPool:
                 continue
             conn: BrokerConnection | None = self._guarded("filling the pool", self._open)
             if conn is None:
-                gevent.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, self.settings.reconnect_backoff_max)
+                gevent.sleep(backoff.next())
                 continue
-            backoff = _BACKOFF_START
+            backoff.reset()
             if self._closed:
                 self._spawn_close(conn)
                 break
@@ -366,50 +371,22 @@ class ConnectionPool:
         else:
             self._blocked.discard(conn)
 
-    # -- keepalive and health --------------------------------------------------
+    # -- keepalive -------------------------------------------------------------
 
     def _keepalive_loop(self) -> None:
-        interval = self.settings.health_interval
-        next_check = time.monotonic() + interval
-        next_sweep = time.monotonic() + self.settings.keepalive_interval
+        sweep_every = self.settings.keepalive_interval
         rebalance_every = self.settings.rebalance_interval if len(self.servers.servers) > 1 else 0.0
+        next_sweep = time.monotonic() + sweep_every
         next_rebalance = time.monotonic() + rebalance_every
         while not self._closed:
-            # A steady cadence: a check that timed out is followed by the next at once.
-            gevent.sleep(max(next_check - time.monotonic(), 0))
-            next_check = time.monotonic() + interval
-            self._guarded("checking health", self._probe_health, max(interval, 0.2))
+            due = min(next_sweep, next_rebalance) if rebalance_every else next_sweep
+            gevent.sleep(max(due - time.monotonic(), 0))
             if time.monotonic() >= next_sweep:
                 self._guarded("sweeping idle connections", self._sweep_idle)
-                next_sweep = time.monotonic() + self.settings.keepalive_interval
+                next_sweep = time.monotonic() + sweep_every
             if rebalance_every and time.monotonic() >= next_rebalance:
                 self._rebalance_step()
                 next_rebalance = time.monotonic() + rebalance_every
-
-    def _probe_health(self, timeout: float) -> None:
-        # Health has a connection of its own, outside the pool: a pool whose
-        # connections are all stuck under publishes must still be checked.
-        conn = self._checker
-        try:
-            if conn is None or not conn.usable:
-                if conn is not None:
-                    self._spawn_close(conn, abort=True)
-                self._checker = conn = None
-                server = self.servers.pick()
-                conn = BrokerConnection.open(server, self.settings, f"gateway {self.name} health",
-                                             timeout=min(self.settings.connect_timeout, timeout))
-                self._checker = conn
-            conn.probe(timeout)
-        except Exception as exc:
-            detail = exc.detail if isinstance(exc, ConnectionLost) else f"unexpected error: {describe_exception(exc)}"
-            if not isinstance(exc, ConnectionLost):
-                log.error("unexpected error in the health check of %s: %s", self.name, detail, exc_info=True,
-                          extra={"event": "pool_internal_error", "conn_id": self.conn_id, "role": self.role})
-                if conn is not None:
-                    conn.suspect = True  # state unknown: the next check opens a new one
-            self.health.record_failure(f"health check failed: {detail}")
-        else:
-            self.health.record_probe_ok()
 
     def _sweep_idle(self) -> None:
         now = time.monotonic()
