@@ -10,34 +10,10 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
-from app.config import Settings, settings_from_text  # noqa: E402
+from app.config import Settings  # noqa: E402
 from app.core.gateway import Gateway  # noqa: E402
 from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.rabbit import AMQP_HOST, AMQP_PORT, Rabbit, Vhost  # noqa: E402
-
-# Short timings so failure scenarios finish in seconds (the defaults are in app/config/__init__.py).
-FAST = """
-NO_OF_CONNECTIOS,3
-POOL_TIMEOUT,1
-CONFIRM_TIMEOUT,2
-PUBLISH_TIMEOUT,4
-CONNECT_TIMEOUT,1
-HEARTBEAT,2
-HEALTH_INTERVAL,0.2
-HEALTH_RISE,3
-HEALTH_FALL,2
-RECONNECT_BACKOFF_MAX,0.3
-KEEPALIVE_INTERVAL,1
-"""
-
-
-def broker(port: int = AMQP_PORT, host: str = AMQP_HOST) -> str:
-    return f"guest:guest@{host}:{port}/"
-
-
-def make_settings(conns: dict[str, str], extra: str = "") -> Settings:
-    lines = [FAST, extra] + [f"RMQ_CONN_STR,{cid},{value}" for cid, value in conns.items()]
-    return settings_from_text("\n".join(lines), "<test>", {})
 
 
 def _require_rabbitmq() -> None:
@@ -70,18 +46,16 @@ def proxies() -> Iterator[list[TcpProxy]]:
         proxy.close()
 
 
-@pytest.fixture
-def proxy(proxies: list[TcpProxy], rabbit_available: None) -> TcpProxy:
+def _broker_proxy(proxies: list[TcpProxy], rabbit_available: None) -> TcpProxy:
+    """A TCP proxy of the test's own in front of the broker: cut it to cut that broker."""
     p = TcpProxy(AMQP_PORT)
     proxies.append(p)
     return p
 
 
-@pytest.fixture
-def backup_proxy(proxies: list[TcpProxy], rabbit_available: None) -> TcpProxy:
-    p = TcpProxy(AMQP_PORT)
-    proxies.append(p)
-    return p
+# Two names for one fixture: a test that fails over needs a primary's and a backup's.
+proxy = pytest.fixture(_broker_proxy, name="proxy")
+backup_proxy = pytest.fixture(_broker_proxy, name="backup_proxy")
 
 
 @pytest.fixture
@@ -135,20 +109,6 @@ def two_brokers(vhosts, proxies: list[TcpProxy]):
     yield primary, backup, rp, rb, queue
     rp.close()
     rb.close()
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition") -> float:
-    """Wait cooperatively until ``predicate()``; return the seconds it took."""
-    import time
-
-    import gevent
-
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{message} not met within {timeout}s")
-        gevent.sleep(interval)
-    return time.monotonic() - start
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

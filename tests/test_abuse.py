@@ -13,9 +13,9 @@ import time
 import pytest
 
 from app.http.batch import encode_batch
-from tests.conftest import FAST
 from tests.support.rabbit import AMQP_PORT
 from tests.support.server import GatewayProcess, publish, request
+from tests.support.settings import FAST
 
 pytestmark = pytest.mark.e2e
 

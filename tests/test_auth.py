@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from app.config import ConfigError
 from app.http.auth import TokenTable, load_tokens, parse_tokens
 from app.http.factory import create_app
-from tests.conftest import broker, make_settings
+from tests.support.settings import broker, make_settings
 
 PUB = "publisher-token-0123456789abcdef"
 NARROW = "narrow-token-0123456789abcdef"

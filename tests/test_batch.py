@@ -6,9 +6,9 @@ import pytest
 
 from app.core.errors import InvalidQueue, MalformedBody, PayloadTooLarge
 from app.http.batch import encode_batch, parse_batch
-from tests.conftest import FAST
 from tests.support.rabbit import AMQP_PORT
 from tests.support.server import GatewayProcess, request
+from tests.support.settings import FAST
 
 
 def test_framing_round_trips_any_bytes():

@@ -12,9 +12,9 @@ import gevent
 import pytest
 from gevent.pool import Pool
 
-from tests.conftest import FAST
 from tests.support.rabbit import AMQP_PORT
 from tests.support.server import REPO, GatewayProcess, publish, request
+from tests.support.settings import FAST
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,9 @@ import gevent
 import pytest
 
 from app.core.errors import BrokerUnavailable, GatewayError
-from tests.conftest import make_settings, wait_until
 from tests.support.burst import Burst, account, in_process
+from tests.support.settings import make_settings
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

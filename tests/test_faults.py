@@ -15,11 +15,11 @@ import time
 import gevent
 import pytest
 
-from tests.conftest import FAST
 from tests.support import report
 from tests.support.burst import Burst, account, over_http
 from tests.support.rabbit import AMQP_PORT, Rabbit, rabbitmqctl, unique
 from tests.support.server import GatewayProcess, publish, request
+from tests.support.settings import FAST
 
 pytestmark = pytest.mark.e2e
 

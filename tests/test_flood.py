@@ -15,12 +15,12 @@ import time
 import pytest
 
 from app.http.batch import encode_batch
-from tests.conftest import FAST
 from tests.support import report
 from tests.support.flood import Flood, Prober, ProcessProber, ensure_fd_limit, get_status, percentile
 from tests.support.producer import Producer, wait_for_event
 from tests.support.rabbit import AMQP_PORT
 from tests.support.server import GatewayProcess, free_port, request
+from tests.support.settings import FAST
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import pytest
 from app.config import ConfigError, ConnectionSpec, parse_broker, settings_from_text
 from app.core.gateway import Gateway
 from app.http.factory import create_app
-from tests.conftest import broker, make_settings
 from tests.support.server import REPO
+from tests.support.settings import broker, make_settings
 
 THREE_IDS = "\n".join(f"RMQ_CONN_STR,id{i},guest:guest@127.0.0.1:5672/" for i in range(3))
 

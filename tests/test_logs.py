@@ -11,7 +11,7 @@ import pytest
 from app.http.factory import create_app
 from app.http.request_id import HEADER
 from app.ops import logs
-from tests.conftest import broker, make_settings
+from tests.support.settings import broker, make_settings
 
 
 @pytest.fixture

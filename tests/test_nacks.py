@@ -17,7 +17,8 @@ import pytest
 
 from app.amqp.connection import BrokerConnection
 from app.core.errors import PublishNacked
-from tests.conftest import broker, make_settings, wait_until
+from tests.support.settings import broker, make_settings
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

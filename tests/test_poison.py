@@ -14,7 +14,8 @@ import gevent
 import pytest
 
 from app.core.errors import GatewayError, RejectedByBroker
-from tests.conftest import broker, make_settings, wait_until
+from tests.support.settings import broker, make_settings
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

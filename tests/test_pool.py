@@ -7,7 +7,8 @@ import pytest
 
 from app.amqp.pool import ConnectionPool
 from app.core.errors import PoolTimeout
-from tests.conftest import broker, make_settings, wait_until
+from tests.support.settings import broker, make_settings
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

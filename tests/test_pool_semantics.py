@@ -7,9 +7,10 @@ import pytest
 
 from app.core.errors import ConnectionLost, PoolTimeout
 from app.core.retry import RetryBudget
-from tests.conftest import broker, make_settings, wait_until
 from tests.support.proxy import TcpProxy
 from tests.support.rabbit import AMQP_PORT
+from tests.support.settings import broker, make_settings
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

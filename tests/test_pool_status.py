@@ -5,7 +5,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app.ops.pool_status import PoolStatus, merge
-from tests.conftest import broker, make_settings, wait_until
+from tests.support.settings import broker, make_settings
+from tests.support.wait import wait_until
 
 
 def _sample(name: str, **labels: str) -> float:

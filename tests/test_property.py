@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import FAST
 from tests.support.rabbit import AMQP_PORT, Rabbit, unique
 from tests.support.server import GatewayProcess, request
+from tests.support.settings import FAST
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST
 from tests.support.rabbit import AMQP_PORT, Vhost
 from tests.support.server import GatewayProcess
+from tests.support.settings import FAST
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 

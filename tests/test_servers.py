@@ -7,7 +7,8 @@ import pytest
 
 from app.amqp.servers import ServerSet
 from app.config import parse_servers
-from tests.conftest import broker, make_settings, wait_until
+from tests.support.settings import broker, make_settings
+from tests.support.wait import wait_until
 
 
 def test_each_server_set_starts_its_round_at_a_server_of_its_own():

@@ -14,9 +14,10 @@ from urllib.parse import quote
 import pytest
 
 from app.core.errors import BrokerUnavailable
-from tests.conftest import make_settings, wait_until
 from tests.support.rabbit import AMQP_PORT
+from tests.support.settings import make_settings
 from tests.support.tls import SERVER_NAME, Pki, TlsTerminator, make_pki
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,6 @@ import pytest
 import zmq.green as zmq
 from zmq import auth as zmq_auth
 
-from tests.conftest import FAST, broker
 from tests.support.producer import (
     Producer,
     events,
@@ -35,6 +34,7 @@ from tests.support.producer import (
 )
 from tests.support.rabbit import Rabbit
 from tests.support.server import REPO, GatewayProcess, free_port, request
+from tests.support.settings import FAST, broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

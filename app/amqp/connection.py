@@ -361,10 +361,6 @@ class BrokerConnection:
         if not self.usable:
             raise ConnectionLost(self.lost_reason or "connection lost during probe")
 
-    def age(self) -> float:
-        """Seconds since the connection was opened."""
-        return time.monotonic() - self.created_at
-
     # -- closing ---------------------------------------------------------------
 
     def close(self, timeout: float = 2.0) -> None:

@@ -22,7 +22,6 @@ other rows load.
 from __future__ import annotations
 
 import logging
-import random
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -35,6 +34,7 @@ from gevent.socket import wait_read
 from app.config import ConfigError, ConnectionSpec, Settings, parse_connection
 from app.core.gateway import Gateway
 from app.core.lifecycle import Status
+from app.core.retry import Backoff
 from app.db import connection as db
 from app.ops import logs, metrics
 
@@ -46,7 +46,7 @@ QUERY = ("SELECT connection_id, primary_url, backup_url FROM rmq_connections "
 # A changed id keeps its old pool until the new one is up, at most this long,
 # so that the change still lands within the 2 s promise.
 SWITCH_WARMUP = 1.5
-_BACKOFF_START = 0.1
+RECONNECT_BACKOFF_START = 0.1  # seconds before the first reconnect
 _REMIND_EVERY = 60.0  # seconds between repeated warnings while the database stays away
 _UNDEFINED_TABLE = "42P01"
 
@@ -138,22 +138,21 @@ class DbSource:
     # -- the loop --------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = _BACKOFF_START
+        backoff = Backoff(RECONNECT_BACKOFF_START, self.settings.db_reconnect_backoff_max)
         while True:
             try:
                 self._connect()
                 self._sync("connect")
-                backoff = _BACKOFF_START  # only once the table was read: a missing table backs off too
+                backoff.reset()  # only once the table was read: a missing table backs off too
                 self._recovered()
                 self._listen()
             except db.DatabaseError as exc:
-                self._failed(self._explain(exc), backoff)
+                self._failed(self._explain(exc), backoff.step)
             except Exception as exc:  # a bug must not end live config for good: say so, retry
                 log.exception("unexpected error in the PostgreSQL config source",
                               extra={"event": "config_source_error"})
-                self._failed(f"unexpected {type(exc).__name__}", backoff)
-            gevent.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self.settings.db_reconnect_backoff_max)
+                self._failed(f"unexpected {type(exc).__name__}", backoff.step)
+            gevent.sleep(backoff.next())
 
     def _connect(self) -> None:
         self._disconnect()

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from app.config import Settings
+from app.core.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ class RelaySupervisor:
         self.settings = settings
         self.rundir = tempfile.mkdtemp(prefix="gateway-zmq-")
         self.backend = f"ipc://{self.rundir}/workers"
-        self.restarts = 0
         self._lock = threading.Lock()  # master-side only: guards _proc against the watcher
         self._stopping = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -152,7 +152,7 @@ class RelaySupervisor:
     # -- watching ----------------------------------------------------------------
 
     def _watch(self) -> None:
-        backoff = BACKOFF_START
+        backoff = Backoff(BACKOFF_START, BACKOFF_MAX, jitter=0.0)  # one relay: nobody to fall in step with
         started = time.monotonic()
         while True:
             with self._lock:
@@ -162,13 +162,12 @@ class RelaySupervisor:
             if self._stopping.is_set():
                 return
             if time.monotonic() - started > HEALTHY_AFTER:
-                backoff = BACKOFF_START
+                backoff.reset()
             log.error("ZeroMQ relay (pid %d) exited with %s; restarting it", proc.pid, code,
                       extra={"event": "zmq_relay_died", "ingress": "zmq"})
             while True:
-                if self._stopping.wait(backoff):
+                if self._stopping.wait(backoff.next()):
                     return
-                backoff = min(backoff * 2, BACKOFF_MAX)
                 try:
                     new = self._spawn()
                 except (RelayStartError, OSError) as exc:
@@ -181,7 +180,6 @@ class RelaySupervisor:
                         new.wait()
                         return
                     self._proc = new
-                self.restarts += 1
                 started = time.monotonic()
                 log.warning("ZeroMQ relay restarted (pid %d)", new.pid,
                             extra={"event": "zmq_relay_restarted", "ingress": "zmq"})

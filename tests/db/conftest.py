@@ -13,9 +13,9 @@ from app.config import Settings, settings_from_text
 from app.db.schema import apply_schema
 from app.http.auth import Access
 from app.http.services import WorkerServices
-from tests.conftest import FAST
 from tests.support.pg import PG_HOST, PG_PORT, PgDatabase, admin_connection
 from tests.support.proxy import TcpProxy
+from tests.support.settings import FAST
 
 # The test process runs the source in greenlets beside its own queries: both cooperative.
 patch_psycopg()

@@ -9,11 +9,12 @@ import gevent
 import pytest
 
 from app.core.errors import GatewayError
-from tests.conftest import FAST, broker, wait_until
 from tests.db.conftest import DB_FAST
 from tests.support.burst import Burst, account
 from tests.support.pg import PgDatabase
 from tests.support.server import GatewayProcess, publish, request
+from tests.support.settings import FAST, broker
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -16,9 +16,10 @@ import pytest
 from app.config import parse_connection
 from app.core.errors import UnknownConnection
 from app.ops import metrics
-from tests.conftest import broker, wait_until
 from tests.db.conftest import db_settings, events
 from tests.support.burst import Burst, account
+from tests.support.settings import broker
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from collections import Counter
 
 import pika
 
-from tests.conftest import FAST
 from tests.support.rabbit import unique
 from tests.support.server import REPO
+from tests.support.settings import FAST
 
 SCRIPT = REPO / "scripts" / "cluster.sh"
 CONN_ID = "c"
