@@ -186,6 +186,9 @@ def post_worker_init(worker):
 
     logs.route_process_errors()
     services = services_of(worker.wsgi)
+    from app.amqp.server_cap import CAP
+
+    CAP.workers = worker.cfg.workers  # each worker takes its share of MAX_CONNECTIONS_PER_SERVER
     if MASTER.zmq_backend:
         from app.zmq.ingress import ZmqIngress
 

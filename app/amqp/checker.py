@@ -19,7 +19,7 @@ from app.amqp.connection import BrokerConnection
 from app.amqp.health import BrokerHealth
 from app.amqp.servers import ServerSet
 from app.config import Settings
-from app.core.errors import ConnectionLost, describe_exception
+from app.core.errors import ConnectionCapReached, ConnectionLost, describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class HealthChecker:
                                              timeout=min(self.settings.connect_timeout, timeout))
                 self.connection = conn
             conn.probe(timeout)
+        except ConnectionCapReached:
+            return  # no slot for the check's own connection: nothing learned (the cap warns)
         except Exception as exc:
             if isinstance(exc, ConnectionLost):
                 detail = exc.detail

@@ -36,6 +36,7 @@ from pika import spec
 from pika.adapters.utils import connection_workflow
 
 from app.amqp.pika_seam import PikaConnection, io_services
+from app.amqp.server_cap import CAP
 from app.amqp.wire import ConfirmReader, publish_frames
 from app.config import BrokerAddress, Settings, tls_context
 from app.core.errors import (
@@ -135,6 +136,7 @@ class BrokerConnection:
         self._id_prefix = f"{process_tag()}.{self._seq}."
         self._id_prefix_bytes = self._id_prefix.encode()
         self._conn: PikaConnection | None = None
+        self._holds_slot = False  # of the per-server cap: given back once closed
         self._channel: pika.channel.Channel | None = None
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._tag = 0
@@ -158,8 +160,14 @@ class BrokerConnection:
     @classmethod
     def open(cls, address: BrokerAddress, settings: Settings, name: str,
              timeout: float | None = None) -> BrokerConnection:
-        """Connect, open a channel and select confirms; raise ConnectionLost on failure."""
+        """Connect, open a channel and select confirms; raise ConnectionLost on failure.
+
+        Raises :class:`ConnectionCapReached` without connecting when the worker
+        holds its share of connections to that server (app.amqp.server_cap).
+        """
+        CAP.take(address)
         self = cls(address, settings, name)
+        self._holds_slot = True
         ready: AsyncResult = AsyncResult()
         timeout = settings.connect_timeout if timeout is None else timeout
         params = connection_parameters(address, settings, name)
@@ -176,13 +184,25 @@ class BrokerConnection:
             ready.get(timeout=timeout + 1.0)
         except gevent.Timeout:
             self.abort()
+            self._give_back_slot()
             raise ConnectionLost(f"{name}: connect timed out") from None
         except (OSError, pika.exceptions.AMQPError, ssl.SSLError, connection_workflow.AMQPConnectorException) as exc:
             # pika passes TLS and handshake failures up as workflow errors
             # (not AMQPError): they must end here too, not kill the caller.
             self.abort()
+            self._give_back_slot()
             raise ConnectionLost(f"{name}: {describe_exception(root_cause(exc))}") from exc
+        except BaseException:
+            self.abort()
+            self._give_back_slot()
+            raise
         return self
+
+    def _give_back_slot(self) -> None:
+        # Once, whichever comes first: the failed open or pika's close callback.
+        if self._holds_slot:
+            self._holds_slot = False
+            CAP.give_back(self.address)
 
     def _on_open(self, ready: AsyncResult) -> None:
         assert self._conn is not None
@@ -271,6 +291,7 @@ class BrokerConnection:
     def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
         self._mark_lost(describe_exception(reason), _refused_code(reason))
         self._closed.set()
+        self._give_back_slot()
 
     def _mark_lost(self, reason: str, refused_code: int | None = None) -> None:
         if self.lost_reason is None:

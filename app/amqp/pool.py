@@ -42,6 +42,7 @@ from app.config import BrokerAddress, Servers, Settings
 from app.core.errors import (
     BrokerBlocked,
     BrokerUnavailable,
+    ConnectionCapReached,
     ConnectionLost,
     GatewayError,
     PoolTimeout,
@@ -84,6 +85,7 @@ class ConnectionPool:
         self._greenlets: list[gevent.Greenlet] = []
         self._closed = False
         self._blocked: set[BrokerConnection] = set()  # connections the broker has blocked
+        self.capped: ConnectionCapReached | None = None  # the last open refused by the per-server cap
         burst = self.size + self.max_overflow
         self._open_budget = RetryBudget(0.0, settings.pool_open_rate, window=burst / settings.pool_open_rate)
         self._labels = (conn_id, role)
@@ -158,6 +160,8 @@ class ConnectionPool:
                 opened = self._open_for_caller(min(self.settings.connect_timeout, max(deadline - now, 0.05)))
                 if opened is not None:
                     return opened
+                if self.capped is not None and self.open_count == 0:
+                    raise ConnectionCapReached(self.capped.detail)  # no connection of ours will come back
                 now = time.monotonic()
             if now >= deadline:
                 raise PoolTimeout(f"{self.name}: no free connection within {timeout:g}s")
@@ -290,6 +294,10 @@ class ConnectionPool:
         self._update_gauges()
         try:
             conn = BrokerConnection.open(server, self.settings, f"gateway {self.name} #{self._opened}", timeout)
+        except ConnectionCapReached as exc:
+            # Not the server failing: the gateway's own limit (logged by the cap).
+            self.capped = exc
+            return None
         except Exception as exc:
             # ConnectionLost is the broker's answer; anything else (a TLS file
             # gone since the config was checked, a bug) fails this connect
@@ -315,6 +323,7 @@ class ConnectionPool:
         finally:
             self._connecting -= 1
             self._update_gauges()
+        self.capped = None
         self.servers.recovered(server)
         self._members.add(conn)
         conn.on_lost = self._on_connection_lost
@@ -516,6 +525,8 @@ class ConnectionPool:
             "max_overflow": self.max_overflow,
             "last_error": self.health.last_error,
         }
+        if self.capped is not None:
+            view["connection_cap"] = self.capped.detail
         if len(self.servers.servers) > 1:
             view["servers"] = self.servers.snapshot(self.connections_per_server())
         return view

@@ -522,6 +522,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("MAX_CONNECTION_IDS", "max_connection_ids", "100", _number(int, 1, 10000),
            "Most connection ids accepted (file, environment or database): each costs connections "
            "and metric series. More fails start-up."),
+    Option("MAX_CONNECTIONS_PER_SERVER", "max_connections_per_server", "200", _number(int, 0, 100000),
+           "Most AMQP connections the gateway (all its workers, each taking an equal share) opens to one "
+           "broker server (host and port, every vhost and user, health checks included). At the cap a "
+           "publish that needs a new connection gets `503 connection_cap`; 0: no cap."),
     Option("AUTH_TOKENS_FILE", "auth_tokens_file", "", _text,
            "File of bearer tokens for `/publish`, one per line: `name token ids [queue-patterns]` "
            "(docs/operations.md). Set (or `AUTH_TOKENS`): `/publish` needs a token."),
@@ -592,6 +596,7 @@ class Settings:
     retry_after: int = 1
     log_level: str = "INFO"
     max_connection_ids: int = 100
+    max_connections_per_server: int = 200
     auth_tokens_file: str = ""
     auth_tokens: str = field(default="", repr=False)
     ops_token: str = field(default="", repr=False)

@@ -24,6 +24,7 @@
         ├── PoolTimeout          503 pool_timeout
         ├── BrokerUnavailable    503 broker_unavailable
         ├── BrokerBlocked        503 broker_blocked
+        ├── ConnectionCapReached 503 connection_cap     (MAX_CONNECTIONS_PER_SERVER: no new connection)
         ├── PublishNacked        503 nacked
         ├── ConfirmTimeout       503 confirm_timeout
         ├── QueueUnavailable     503 queue_unavailable  (that queue stopped confirming; nothing sent)
@@ -174,6 +175,12 @@ class UnsupportedCoding(GatewayError):
 class Unavailable(GatewayError):
     status = 503
     code = "unavailable"
+
+
+class ConnectionCapReached(Unavailable):
+    """The worker holds its share of MAX_CONNECTIONS_PER_SERVER to that server: no connection was opened."""
+
+    code = "connection_cap"
 
 
 class PoolTimeout(Unavailable):

@@ -29,6 +29,7 @@ from app.amqp.connection import BrokerConnection, Message, Outcome
 from app.amqp.health import BrokerHealth
 from app.amqp.nacks import NackJudge
 from app.amqp.pool import ConnectionPool
+from app.amqp.server_cap import CAP
 from app.config import ConnectionSpec, Settings, check_connection_count
 from app.core.circuit import QueueCircuits
 from app.core.errors import (
@@ -345,6 +346,7 @@ class Gateway:
         if self.started:
             return
         self.started = True
+        CAP.configure(self.settings.max_connections_per_server)
         self.set_connections(self._initial_specs)
 
     def set_connections(self, specs: Sequence[ConnectionSpec], warmup: float = 0.0) -> None:

@@ -115,6 +115,16 @@ CONFIRM_SECONDS = Histogram(
     ["conn_id", "role"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SERVER_CONNECTIONS = Gauge(
+    "gateway_server_connections", "AMQP connections open to each broker server (host:port), every vhost and "
+    "user, health checks included, summed over workers (capped by MAX_CONNECTIONS_PER_SERVER).",
+    ["server"], multiprocess_mode="livesum",
+)
+CONNECTION_CAP_REFUSALS = Counter(
+    "gateway_connection_cap_refusals_total",
+    "Connections not opened because the worker held its share of MAX_CONNECTIONS_PER_SERVER to that server.",
+    ["server"],
+)
 BROKER_UP = Gauge(
     "gateway_broker_up", "1 when the broker is up for this worker, 0 when down or unknown.",
     ["conn_id", "role"], multiprocess_mode="livemin",
