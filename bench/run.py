@@ -16,7 +16,9 @@ the same machine, never against a stored number:
 5. ZeroMQ through the gateway against raw pika without confirms
    (``bench/zmq_bench.py``, when present);
 6. throughput by pool size and workers, and a worker's memory with
-   10 connection ids x 5 connections.
+   10 connection ids x 5 connections;
+7. cost curves: broker connections, worker RSS, time to ready and latency
+   with 1, 10, 100 and 1,000 connection ids (``bench/cost_curves.py``).
 
 The HTTP figures (1, 2, 4) come from ``BENCH_ROUNDS`` (3) interleaved rounds:
 each round runs every contender once, one after the other, and each figure is
@@ -410,7 +412,8 @@ def rss_kib(pid: int) -> int:
 def all_counted(results: dict[str, Any]) -> bool:
     """Every counted run (the gateway's rounds and scaling runs, the peers') found all its 2xx in the queue."""
     return (all(bool(results[name]["counted"]) for name in ("gateway", "mq_bridge", "kombu", "batch"))
-            and all(row["counted"] for row in results["scaling"]))
+            and all(row["counted"] for row in results["scaling"])
+            and all(row["counted"] for row in results.get("cost_curves", [])))
 
 
 def table(results: dict[str, Any]) -> str:
@@ -522,6 +525,9 @@ def main() -> None:
     results["scaling"] = bench_scaling()
     log("memory"); results["memory"] = bench_memory()  # noqa: E702
     log("classic and quorum queues"); results["queue_types"] = bench_queue_types()  # noqa: E702
+    import cost_curves  # bench/cost_curves.py (it imports this module for its helpers)
+
+    log("cost curves: 1 to 1,000 connection ids"); results["cost_curves"] = cost_curves.bench_cost_curves()  # noqa: E702
     g = results["gateway"]["rps"]
     results["ratios"] = {
         "gateway_over_mq_bridge": g / results["mq_bridge"]["rps"],
@@ -540,7 +546,9 @@ def main() -> None:
     (RESULTS / "latest.json").write_text(text + "\n")
     (RESULTS / f"{results['when'].replace(':', '')}.json").write_text(text + "\n")
     chart(results, RESULTS / "latest.png")
+    cost_curves.chart(results["cost_curves"], RESULTS / "cost_curves.png")
     print(table(results))
+    print("\n" + cost_curves.table(results["cost_curves"]))
     print("\nratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
     reset_queue()
     if not all_counted(results):

@@ -12,6 +12,7 @@ import gevent
 import pytest
 from gevent.pool import Pool
 
+from app.config import parse_broker
 from tests.support.rabbit import AMQP_PORT
 from tests.support.server import REPO, GatewayProcess, publish, request
 from tests.support.settings import FAST
@@ -225,6 +226,7 @@ def test_metrics_add_up_over_both_workers(server, rabbit):
     assert sample("gateway_publish_total", ingress="http", conn_id="a", outcome="unroutable") == 1
     assert rabbit.count(queue) == 200
     # Live gauges add up over the two workers: 3 pooled connections each.
-    open_total = sum(sample("gateway_pool_connections", conn_id="a", role="primary", state=s)
+    endpoint = parse_broker(f"guest:guest@127.0.0.1:{AMQP_PORT}/").display
+    open_total = sum(sample("gateway_pool_connections", endpoint=endpoint, state=s)
                      for s in ("idle", "in_use"))
     assert open_total == 6

@@ -17,6 +17,7 @@ import uuid
 import gevent
 import pytest
 
+from app.config import parse_broker
 from tests.support.rabbit import Rabbit, rabbitmqctl, unique
 from tests.support.server import GatewayProcess, request
 
@@ -53,10 +54,14 @@ def access_lines(gw: GatewayProcess) -> list[dict]:
     return gw.events("access")
 
 
+M_URI = "guest:guest@127.0.0.1:5672/"
+M_ENDPOINT = parse_broker(M_URI).display  # the pool metrics' label: the endpoint as displayed, no password
+
+
 @pytest.fixture
 def gateway_2w(tmp_path, rabbit):
     """gunicorn, 2 workers, pool size 2, id ``m`` on the local broker; and a queue."""
-    gw = GatewayProcess(tmp_path, FAST + "NO_OF_CONNECTIOS,2\nRMQ_CONN_STR,m,guest:guest@127.0.0.1:5672/\n",
+    gw = GatewayProcess(tmp_path, FAST + f"NO_OF_CONNECTIOS,2\nRMQ_CONN_STR,m,{M_URI}\n",
                         workers=2, env={"GATEWAY_ACCESS_LOG": "true"})
     gw.start()
     yield gw, rabbit.queue("metrics")
@@ -93,10 +98,10 @@ def test_metrics_and_pools_add_up_over_two_workers(gateway_2w, rabbit):
     # One confirm round trip per batch: concurrent publishes share one (group commit).
     batches = metric(samples, "gateway_confirm_duration_seconds_count", conn_id="m", role="primary")
     assert 1 <= batches <= ok + unroutable
-    assert metric(samples, "gateway_pool_open_connections", conn_id="m", role="primary") == 4  # 2 workers x 2
-    assert metric(samples, "gateway_pool_size", conn_id="m", role="primary") == 4
-    assert metric(samples, "gateway_connection_events_total", conn_id="m", role="primary", event="opened") >= 4
-    assert metric(samples, "gateway_broker_up", conn_id="m", role="primary") == 1
+    assert metric(samples, "gateway_pool_open_connections", endpoint=M_ENDPOINT) == 4  # 2 workers x 2
+    assert metric(samples, "gateway_pool_size", endpoint=M_ENDPOINT) == 4
+    assert metric(samples, "gateway_connection_events_total", endpoint=M_ENDPOINT, event="opened") >= 4
+    assert metric(samples, "gateway_broker_up", endpoint=M_ENDPOINT) == 1
 
     gevent.sleep(1.1)  # the other worker's snapshot is up to a second old
     status, _, body = request(gw.port, "GET", "/pools")
@@ -115,13 +120,13 @@ def test_metrics_and_pools_add_up_over_two_workers(gateway_2w, rabbit):
         current = set(gw.worker_pids())
         if victim not in current and len(current) == 2:
             samples = scrape(gw.port)
-            if metric(samples, "gateway_pool_open_connections", conn_id="m", role="primary") == 4:
+            if metric(samples, "gateway_pool_open_connections", endpoint=M_ENDPOINT) == 4:
                 break
         gevent.sleep(0.2)
     else:
         raise AssertionError(f"replacement worker not serving with a full pool:\n{gw.logs()[-2000:]}")
     assert metric(samples, "gateway_publish_total", conn_id="m", outcome="ok") == ok
-    assert metric(samples, "gateway_pool_size", conn_id="m", role="primary") == 4
+    assert metric(samples, "gateway_pool_size", endpoint=M_ENDPOINT) == 4
     gevent.sleep(1.1)  # the new worker's snapshot is up to a second old
     view = json.loads(request(gw.port, "GET", "/pools")[2])
     assert str(victim) not in view["workers"] and set(view["workers"]) == {str(p) for p in current}

@@ -103,7 +103,7 @@ def test_dead_broker_does_not_block_start_or_other_ids(start_gateway, rabbit):
 
 def test_close_closes_everything_cleanly(rabbit):
     settings = make_settings({"a": broker()})
-    pool = ConnectionPool("a", "primary", settings.connection("a").primary, settings)
+    pool = ConnectionPool("a/primary", settings.connection("a").primary, settings)
     pool.start()
     wait_until(lambda: pool.open_count == 3, 5)
     conns = list(pool._idle)

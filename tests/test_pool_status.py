@@ -23,17 +23,17 @@ def test_longest_wait_grows_while_a_caller_waits(start_gateway, rabbit):
     waiter = gevent.spawn(pool.acquire, 3)
     gevent.sleep(0.6)
     pool.refresh_gauges()
-    waited = _sample("gateway_pool_longest_wait_seconds", conn_id="lw", role="primary")
+    waited = _sample("gateway_pool_longest_wait_seconds", endpoint=pool.name)
     assert 0.5 <= waited < 1.5
-    assert _sample("gateway_pool_waiting", conn_id="lw", role="primary") == 1
-    assert _sample("gateway_pool_connections", conn_id="lw", role="primary", state="in_use") == 1
+    assert _sample("gateway_pool_waiting", endpoint=pool.name) == 1
+    assert _sample("gateway_pool_connections", endpoint=pool.name, state="in_use") == 1
     view = PoolStatus(gw, directory="").view()["connections"]["lw"]["brokers"]["primary"]
     assert view["waiting"] == 1 and view["longest_wait"] >= 0.5 and view["in_use"] == 1
     pool.release(held)
     pool.release(waiter.get(timeout=1))
     pool.refresh_gauges()  # gauges are refreshed each second and before /metrics answers
-    assert _sample("gateway_pool_longest_wait_seconds", conn_id="lw", role="primary") == 0
-    assert _sample("gateway_pool_open_connections", conn_id="lw", role="primary") == 1
+    assert _sample("gateway_pool_longest_wait_seconds", endpoint=pool.name) == 0
+    assert _sample("gateway_pool_open_connections", endpoint=pool.name) == 1
 
 
 @pytest.mark.integration

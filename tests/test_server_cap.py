@@ -1,76 +1,93 @@
 """MAX_CONNECTIONS_PER_SERVER: the gateway never opens more than its cap to one broker server.
 
 Against the shared local broker, with a cap of a handful: the ids sit on three
-vhosts of the one server (no endpoint in common), and the broker itself is
-asked how many connections the gateway holds.
+vhosts of the one server (three endpoints), and the broker itself is asked how
+many connections the gateway holds on them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import gevent
+import pika
 import pytest
 
 from app.amqp.server_cap import CAP, ServerCap
 from app.config import parse_broker
 from app.core.errors import ConnectionCapReached
 from app.ops import metrics
-from tests.support.rabbit import AMQP_HOST, AMQP_PORT, rabbitmqctl, unique
+from tests.support.rabbit import AMQP_HOST, AMQP_PORT, Vhost, rabbitmqctl
 from tests.support.settings import make_settings
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-CAP_UNDER_TEST = 8  # NO_OF_CONNECTIOS 3 + 1 health: two ids fill it
+CAP_UNDER_TEST = 8  # NO_OF_CONNECTIOS 3 + 1 health: two endpoints fill it, the third gets none
 
 
-def broker_connections(tag: str) -> int:
-    """Connections the broker has whose client-given name carries ``tag``."""
-    listing = rabbitmqctl("list_connections", "client_properties", "--no-table-headers", "--quiet")
-    return sum(1 for line in listing.splitlines() if tag in line)
+def broker_connections(vhosts: list[str]) -> int:
+    """Connections the broker has on these vhosts."""
+    listing = rabbitmqctl("list_connections", "vhost", "--no-table-headers", "--quiet")
+    return sum(1 for line in listing.splitlines() if line.strip() in vhosts)
 
 
-def test_the_cap_holds_across_vhosts_and_a_capped_id_is_answered_503_at_once(start_gateway, rabbit, vhosts, caplog):
-    tag = unique("cap")
-    paths = ["", quote(vhosts["primary"].name, safe=""), quote(vhosts["backup"].name, safe="")]
-    ids = {f"{tag}{i}": f"guest:guest@{AMQP_HOST}:{AMQP_PORT}/{paths[i % 3]}" for i in range(5)}
+def _can_connect(vhost: Vhost) -> bool:
+    try:
+        vhost.rabbit().close()
+    except pika.exceptions.AMQPError:
+        return False
+    return True
+
+
+@pytest.fixture
+def three_vhosts(rabbit_available) -> Iterator[list[Vhost]]:
+    made = [Vhost("cap") for _ in range(3)]
+    for vhost in made:  # add_vhost may answer before the vhost takes connections
+        wait_until(lambda v=vhost: _can_connect(v), 10, message=f"vhost {vhost.name} up")
+    yield made
+    for vhost in made:
+        vhost.delete()
+
+
+def test_the_cap_holds_across_vhosts_and_an_id_over_it_is_answered_503_at_once(start_gateway, rabbit, three_vhosts,
+                                                                                caplog):
+    names = [vhost.name for vhost in three_vhosts]
+    ids = {f"cap{i}": f"guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(names[i % 3], safe='')}" for i in range(5)}
     address = parse_broker(next(iter(ids.values())))
     wait_until(lambda: CAP.held(address) == 0, 10, message="no connection of an earlier test's gateway left")
-    gw = start_gateway(make_settings(ids, f"MAX_CONNECTIONS_PER_SERVER,{CAP_UNDER_TEST}\nPOOL_MAX_OVERFLOW,0"))
-    wait_until(lambda: CAP.held(address) == CAP_UNDER_TEST, 10, message="the cap filled")
+    extra = f"MAX_CONNECTIONS_PER_SERVER,{CAP_UNDER_TEST}\nPOOL_MAX_OVERFLOW,0"
+    gw = start_gateway(make_settings(ids, extra))
+    wait_until(lambda: CAP.held(address) == CAP_UNDER_TEST and not any(p._connecting for p in gw.endpoints), 10,
+               message="the cap filled")
     gevent.sleep(1.5)  # fillers and health checks keep trying: still no more
     assert CAP.held(address) == CAP_UNDER_TEST
-    assert broker_connections(tag) == CAP_UNDER_TEST
+    assert broker_connections(names) == CAP_UNDER_TEST  # 3 endpoints would take 12 without the cap
 
-    served = [conn_id for conn_id, route in gw.routes.items() if route.pools[0].open_count > 0]
-    capped = [conn_id for conn_id in ids if conn_id not in served]
-    assert served and capped
+    # One more id, on a fourth vhost of the same server: no slot left for it.
+    late = make_settings({**ids, "late": f"guest:guest@{AMQP_HOST}:{AMQP_PORT}/"}, extra)
+    gw.set_connections(late.connections)
     queue = rabbit.queue()
-    gw.publish(served[0], queue, b"under the cap")
-    assert rabbit.count(queue) == 1
     started = time.monotonic()
     with pytest.raises(ConnectionCapReached) as info:
-        gw.publish(capped[0], queue, b"over the cap")
+        gw.publish("late", queue, b"over the cap")
     assert time.monotonic() - started < 1.0  # refused at once, not after the pool timeout
     assert info.value.status == 503 and info.value.code == "connection_cap"
     assert f"{AMQP_HOST}:{AMQP_PORT}" in info.value.detail and "guest" not in info.value.detail
-    assert rabbit.count(queue) == 1  # nothing of the refused one
-    assert gw.routes[capped[0]].snapshot()["brokers"]["primary"]["connection_cap"]
+    assert rabbit.count(queue) == 0
+    assert gw.routes["late"].snapshot()["brokers"]["primary"]["connection_cap"]
     assert any(getattr(r, "event", None) == "connection_cap_reached" for r in caplog.records)
-    refusals = metrics.CONNECTION_CAP_REFUSALS.labels(f"{AMQP_HOST}:{AMQP_PORT}")._value.get()
-    assert refusals > 0
+    assert metrics.CONNECTION_CAP_REFUSALS.labels(f"{AMQP_HOST}:{AMQP_PORT}")._value.get() > 0
+    assert CAP.held(address) == CAP_UNDER_TEST
 
-    # Ids removed give their slots back: the capped ones get connections then.
-    gw.set_connections([spec for spec in gw.settings.connections if spec.conn_id not in served])
-    def now_served() -> list[str]:
-        return [c for c in capped if gw.routes[c].pools[0].open_count > 0]
-
-    wait_until(lambda: len(now_served()) >= min(2, len(capped)), 15, message="capped ids served once slots were free")
+    # The other ids removed give their slots back: the late one gets connections then.
+    gw.set_connections([late.connection("late")])
+    wait_until(lambda: gw.routes["late"].pools[0].open_count > 0, 15, message="served once slots were free")
+    gw.publish("late", queue, b"now served")
+    assert rabbit.count(queue) == 1
     assert CAP.held(address) <= CAP_UNDER_TEST
-    gw.publish(now_served()[0], queue, b"now served")
-    assert rabbit.count(queue) == 2
 
 
 def test_a_workers_share_is_the_gateway_cap_divided_by_the_workers():

@@ -45,6 +45,11 @@ class BrokerHealth:
         """Call ``listener(health, old_state)`` after each state change."""
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Callable[[BrokerHealth, str], None]) -> None:
+        """Stop calling ``listener`` (a connection id that let go of this pool)."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     @property
     def is_up(self) -> bool:
         return self.state == UP
@@ -90,5 +95,5 @@ class BrokerHealth:
         level = logging.WARNING if state == DOWN else logging.INFO
         log.log(level, "broker %s is %s (%s)", self.name, state, why,
                 extra={"event": f"broker_{state}", "broker": self.name, **self.log_fields})
-        for listener in self._listeners:
+        for listener in list(self._listeners):  # one may unsubscribe meanwhile
             listener(self, old)

@@ -1,10 +1,12 @@
-"""A bounded, gevent-aware pool of AMQP connections to one broker role.
+"""A bounded, gevent-aware pool of AMQP connections to one broker endpoint.
 
-One pool per (connection id, role). Sizes, as operators know them from
-SQLAlchemy's QueuePool and django_pgpool:
+One pool per endpoint (a role's servers, with vhost, user and TLS options),
+shared by every connection id that names it (:mod:`app.amqp.endpoints`).
+Sizes, as operators know them from SQLAlchemy's QueuePool and django_pgpool:
 
 * ``min_size`` connections are always kept open, filled in the background by
-  a *filler* greenlet with exponential backoff;
+  a *filler* greenlet with exponential backoff (``POOL_MIN_SIZE`` while an id
+  publishes to the endpoint, ``BACKUP_WARM_SIZE`` while it is only a backup);
 * on demand the pool grows to ``size`` (kept, returned to the pool);
 * under peak load, after waiting ``overflow_wait`` for a free connection, up
   to ``max_overflow`` extra connections are opened, and closed when returned;
@@ -57,22 +59,20 @@ FILL_BACKOFF_START = 0.05  # seconds before the filler's first retry
 
 
 class ConnectionPool:
-    """Pooled connections to the server(s) of one role of one connection id."""
+    """Pooled connections to the server(s) of one endpoint."""
 
-    def __init__(self, conn_id: str, role: str, servers: Servers, settings: Settings):
-        self.conn_id = conn_id
-        self.role = role
+    def __init__(self, name: str, servers: Servers, settings: Settings):
+        self.name = name  # the endpoint as safe to show: servers with user and vhost, no password
+        self.endpoint = servers
         self.settings = settings
         self.servers = ServerSet(servers, settings.server_selection, settings.server_quarantine)
         self.size = settings.pool_size
         self.min_size = settings.min_size
         self.max_overflow = settings.pool_max_overflow
-        self.name = f"{conn_id}/{role}"
-        self.health = BrokerHealth(f"{self.name} ({self.servers.display})", settings.health_rise,
-                                   settings.health_fall, log_fields={"conn_id": conn_id, "role": role})
+        fields = {"endpoint": name}
+        self.health = BrokerHealth(name, settings.health_rise, settings.health_fall, log_fields=fields)
         self.health.subscribe(self._on_health_change)
-        self.checker = HealthChecker(self.name, self.servers, self.health, settings,
-                                     log_fields={"conn_id": conn_id, "role": role})
+        self.checker = HealthChecker(name, self.servers, self.health, settings, log_fields=fields)
         self._idle: deque[BrokerConnection] = deque()
         self._waiters: deque[AsyncResult] = deque()
         self._waiting_since: dict[AsyncResult, float] = {}  # for the longest-wait gauge
@@ -88,14 +88,13 @@ class ConnectionPool:
         self.capped: ConnectionCapReached | None = None  # the last open refused by the per-server cap
         burst = self.size + self.max_overflow
         self._open_budget = RetryBudget(0.0, settings.pool_open_rate, window=burst / settings.pool_open_rate)
-        self._labels = (conn_id, role)
+        self._labels = (name,)
         self._gauges = {
-            **{state: metrics.POOL_CONNECTIONS.labels(conn_id, role, state)
-               for state in ("idle", "in_use", "connecting")},
-            "waiting": metrics.POOL_WAITING.labels(conn_id, role),
-            "open": metrics.POOL_OPEN.labels(conn_id, role),
-            "size": metrics.POOL_SIZE.labels(conn_id, role),
-            "longest_wait": metrics.POOL_LONGEST_WAIT.labels(conn_id, role),
+            **{state: metrics.POOL_CONNECTIONS.labels(name, state) for state in ("idle", "in_use", "connecting")},
+            "waiting": metrics.POOL_WAITING.labels(name),
+            "open": metrics.POOL_OPEN.labels(name),
+            "size": metrics.POOL_SIZE.labels(name),
+            "longest_wait": metrics.POOL_LONGEST_WAIT.labels(name),
         }
         self._update_gauges()
 
@@ -106,6 +105,12 @@ class ConnectionPool:
         self._wanted.set()
         self._greenlets = [gevent.spawn(self._fill_loop), gevent.spawn(self._keepalive_loop)]
         self.checker.start()
+
+    def set_min_size(self, size: int) -> None:
+        """Keep ``size`` connections open from now on (the filler grows to it; idle ones above shrink)."""
+        if size != self.min_size:
+            self.min_size = size
+            self._wanted.set()
 
     @property
     def greenlets(self) -> list[gevent.Greenlet]:
@@ -279,7 +284,7 @@ class ConnectionPool:
             return call(*args)
         except Exception as exc:
             log.error("unexpected error %s on %s: %s", what, self.name, describe_exception(exc), exc_info=True,
-                      extra={"event": "pool_internal_error", "conn_id": self.conn_id, "role": self.role})
+                      extra={"event": "pool_internal_error", "endpoint": self.name})
             return None
 
     # -- opening -----------------------------------------------------------------
@@ -337,8 +342,8 @@ class ConnectionPool:
         return conn
 
     def _fields(self, server: BrokerAddress) -> dict[str, str]:
-        """The log fields of an event on one connection: id, role and server (its display: no password)."""
-        return {"conn_id": self.conn_id, "role": self.role, "server": server.display}
+        """The log fields of an event on one connection: endpoint and server (as displayed: no password)."""
+        return {"endpoint": self.name, "server": server.display}
 
     def _fill_loop(self) -> None:
         backoff = Backoff(FILL_BACKOFF_START, self.settings.reconnect_backoff_max)
@@ -428,7 +433,7 @@ class ConnectionPool:
         self._update_gauges()
 
     def connections_per_server(self) -> dict[BrokerAddress, int]:
-        """Pooled connections open on each server of the role."""
+        """Pooled connections open on each server of the endpoint."""
         counts = dict.fromkeys(self.servers.servers, 0)
         for conn in self._members:
             counts[conn.address] = counts.get(conn.address, 0) + 1
@@ -461,7 +466,7 @@ class ConnectionPool:
             self._idle.remove(victim)
             self._retire(victim, f"rebalanced to {target.display}")
         log.info("moved a connection of %s from %s to %s", self.name, busiest.display, target.display,
-                 extra={"event": "connection_rebalanced", "conn_id": self.conn_id, "role": self.role})
+                 extra={"event": "connection_rebalanced", "endpoint": self.name})
         self._update_gauges()
 
     def _give_back_cold(self, conn: BrokerConnection) -> None:

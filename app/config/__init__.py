@@ -474,6 +474,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("POOL_MIN_SIZE", "pool_min_size", "-1", _number(int, -1, 1000),
            "Connections always kept open per server role; idle ones above it are closed after "
            "`POOL_IDLE_TIMEOUT` (-1: the pool size, no shrinking).", aliases=("MIN_CONNECTIONS",)),
+    Option("BACKUP_WARM_SIZE", "backup_warm_size", "1", _number(int, 0, 1000),
+           "Connections a pool keeps open per worker while no connection id publishes to it (a backup "
+           "whose primaries are healthy), beside its health check; it grows at once on a failover."),
     Option("POOL_MAX_OVERFLOW", "pool_max_overflow", "2", _number(int, 0, 1000),
            "Extra connections opened under peak load beyond the pool size, closed when returned."),
     Option("POOL_OVERFLOW_WAIT", "pool_overflow_wait", "0.1", _number(float, 0.0, 60.0),
@@ -576,6 +579,7 @@ class Settings:
     health_rise: int = 3
     health_fall: int = 2
     pool_min_size: int = -1
+    backup_warm_size: int = 1
     pool_max_overflow: int = 2
     pool_overflow_wait: float = 0.1
     pool_idle_timeout: float = 300.0

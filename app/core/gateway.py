@@ -26,6 +26,7 @@ import gevent
 from gevent.event import AsyncResult, Event
 
 from app.amqp.connection import BrokerConnection, Message, Outcome
+from app.amqp.endpoints import EndpointPools
 from app.amqp.health import BrokerHealth
 from app.amqp.nacks import NackJudge
 from app.amqp.pool import ConnectionPool
@@ -59,22 +60,27 @@ ATTEMPTS_PER_BROKER = 2  # a lost connection is retried once more on the same br
 class Route:
     """Publishing for one connection id over its primary and backup pools."""
 
-    def __init__(self, spec: ConnectionSpec, settings: Settings):
+    def __init__(self, spec: ConnectionSpec, settings: Settings, endpoints: EndpointPools):
         self.spec = spec
         self.conn_id = spec.conn_id
         self.settings = settings
-        self.pools = [ConnectionPool(spec.conn_id, role, servers, settings) for role, servers in spec.brokers()]
+        self.endpoints = endpoints
+        # (role, pool) pairs, primary first; the pools are the endpoints' (shared), attached on start.
+        self.brokers: list[tuple[str, ConnectionPool]] = []
         self.retry_budget = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
         self.circuits = QueueCircuits(settings.queue_circuit_open, settings.confirm_timeout)
         self.nacks = NackJudge(spec.conn_id, settings.nack_retire_after, settings.nack_queue_hold)
         # As many flushers as the primary and backup can hold connections: when
         # a stalled primary holds its flushers until their confirms time out,
         # publishes after the failover still find flushers for the backup.
-        width = (settings.pool_size + settings.pool_max_overflow) * len(self.pools)
+        width = (settings.pool_size + settings.pool_max_overflow) * len(spec.brokers())
         self.commit = GroupCommit(spec.conn_id, self.publish_batch, width)
         self.active_role: str | None = None
-        for pool in self.pools:
-            pool.health.subscribe(self._on_health_change)
+
+    @property
+    def pools(self) -> list[ConnectionPool]:
+        """The pools of the primary and the backup, in that order."""
+        return [pool for _, pool in self.brokers]
 
     def publish(self, queue: str, body: bytes, deadline: float) -> Outcome:
         """Publish one message through the group commit; its outcome."""
@@ -91,23 +97,32 @@ class Route:
         return self.commit.busy
 
     def start(self) -> None:
-        """Start filling every pool."""
-        for pool in self.pools:
-            pool.start()
+        """Attach to the endpoints' pools (opened and filled if new)."""
+        if self.brokers:
+            return
+        for role, servers in self.spec.brokers():
+            pool = self.endpoints.attach(servers, self, active=role == "primary")
+            self.brokers.append((role, pool))
+            pool.health.subscribe(self._on_health_change)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Close every pool's connections cleanly."""
-        gevent.joinall([gevent.spawn(pool.close, timeout) for pool in self.pools], timeout=timeout + 1)
+        """Detach from the pools; a pool no other id uses is closed cleanly."""
+        brokers, self.brokers = self.brokers, []
+        for _, pool in brokers:
+            pool.health.unsubscribe(self._on_health_change)
+        distinct = list({id(pool): pool for _, pool in brokers}.values())
+        gevent.joinall([gevent.spawn(self.endpoints.detach, pool, self, timeout) for pool in distinct],
+                       timeout=timeout + 1)
 
-    def candidates(self) -> list[ConnectionPool]:
-        """Pools in the order to try: a healthy primary first, else a healthy backup first."""
-        primary, *rest = self.pools
-        if primary.health.is_up or not rest:
-            return self.pools
+    def candidates(self) -> list[tuple[str, ConnectionPool]]:
+        """(role, pool) in the order to try: a healthy primary first, else a healthy backup first."""
+        primary, *rest = self.brokers
+        if primary[1].health.is_up or not rest:
+            return self.brokers
         backup = rest[0]
-        if backup.health.is_up or primary.health.is_down:
+        if backup[1].health.is_up or primary[1].health.is_down:
             return [backup, primary]
-        return self.pools
+        return self.brokers
 
     @property
     def ready(self) -> bool:
@@ -128,7 +143,7 @@ class Route:
         last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
         self.retry_budget.deposit()
         retrying = False
-        for pool in self.candidates():
+        for role, pool in self.candidates():
             attempts = 0
             while todo and attempts < ATTEMPTS_PER_BROKER:
                 attempts += 1
@@ -137,9 +152,9 @@ class Route:
                     break
                 if retrying:
                     if not self.retry_budget.allow():
-                        metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "denied").inc()
+                        metrics.PUBLISH_RETRIES.labels(self.conn_id, role, "denied").inc()
                         return self._fill(outcomes, todo, last_error, uncertain)
-                    metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "allowed").inc()
+                    metrics.PUBLISH_RETRIES.labels(self.conn_id, role, "allowed").inc()
                 try:
                     with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
                         sent, sent_monotonic = time.perf_counter(), time.monotonic()
@@ -149,7 +164,7 @@ class Route:
                             mandatory=self.settings.mandatory,
                             persistent=self.settings.persistent,
                         )
-                        metrics.CONFIRM_SECONDS.labels(self.conn_id, pool.role).observe(time.perf_counter() - sent)
+                        metrics.CONFIRM_SECONDS.labels(self.conn_id, role).observe(time.perf_counter() - sent)
                         renack = self._judge_nacks(conn, [messages[i][0] for i in todo], results, todo, nack_retried)
                 except PoolTimeout as exc:
                     last_error = exc
@@ -179,14 +194,15 @@ class Route:
                     # The broker closed the connection over one of these: find
                     # which before retrying the others (a message fails only itself);
                     # nacks of a retired connection are retried once as they are.
-                    retry = renacked + self._isolate(pool, messages, lost_here, deadline, outcomes, uncertain)
+                    retry = renacked + self._isolate(role, pool, messages, lost_here, deadline, outcomes, uncertain)
                     attempts -= 1  # every such round answers one message for good: it ends
                 elif retry:
                     retrying = True
                     if lost_here:  # (nack retries were logged as the connection retired)
-                        log.warning("connection lost under %d publish(es) on %s (%s); retrying", len(lost_here),
-                                    pool.name, conn.address.display,
-                                    extra={"event": "publish_retry", **conn.log_fields})
+                        log.warning("connection lost under %d publish(es) of %s on %s (%s); retrying", len(lost_here),
+                                    self.conn_id, role, conn.address.display,
+                                    extra={"event": "publish_retry", "conn_id": self.conn_id, "role": role,
+                                           **conn.log_fields})
                 elif any(isinstance(o, ConfirmTimeout) for o in results) and not conn.blocked:
                     if not self._queues_to_blame(messages, todo, results, sent_monotonic):
                         pool.health.record_failure("publish not confirmed in time", began=sent_monotonic)
@@ -226,8 +242,8 @@ class Route:
                         extra={"event": "queue_circuit_open", "conn_id": self.conn_id, "queues": sorted(late)})
         return blamed
 
-    def _isolate(self, pool: ConnectionPool, messages: Sequence[Message], suspects: list[int], deadline: float,
-                 outcomes: list[Outcome], uncertain: dict[int, ConnectionLost]) -> list[int]:
+    def _isolate(self, role: str, pool: ConnectionPool, messages: Sequence[Message], suspects: list[int],
+                 deadline: float, outcomes: list[Outcome], uncertain: dict[int, ConnectionLost]) -> list[int]:
         """Find the message the broker closed a connection over; what is left to publish as usual.
 
         Alone among the unconfirmed, it is the culprit. Otherwise each suspect is
@@ -239,9 +255,9 @@ class Route:
         """
         code = uncertain[suspects[0]].refused_code
         if len(suspects) > 1:
-            log.warning("the broker closed a connection (%s) under %d publish(es) on %s; publishing them one by one",
-                        code, len(suspects), pool.name,
-                        extra={"event": "publish_isolate", "conn_id": self.conn_id, "role": pool.role})
+            log.warning("the broker closed a connection (%s) under %d publish(es) of %s on %s; publishing them one "
+                        "by one", code, len(suspects), self.conn_id, pool.name,
+                        extra={"event": "publish_isolate", "conn_id": self.conn_id, "role": role})
         for position, index in enumerate(suspects):
             if len(suspects) > 1:
                 remaining = deadline - time.monotonic()
@@ -265,9 +281,9 @@ class Route:
             uncertain.pop(index, None)
             outcomes[index] = RejectedByBroker(f"the broker closed the connection over this message (reply code "
                                                f"{code}); it is not retried")
-            metrics.PUBLISH_RETRIES.labels(self.conn_id, pool.role, "rejected").inc()
-            log.warning("message rejected: the broker closed a connection over it (%s) on %s", code, pool.name,
-                        extra={"event": "publish_rejected", "conn_id": self.conn_id, "role": pool.role})
+            metrics.PUBLISH_RETRIES.labels(self.conn_id, role, "rejected").inc()
+            log.warning("message of %s rejected: the broker closed a connection over it (%s) on %s", self.conn_id,
+                        code, pool.name, extra={"event": "publish_rejected", "conn_id": self.conn_id, "role": role})
             return suspects[position + 1:]
         return []
 
@@ -302,11 +318,15 @@ class Route:
         return outcomes
 
     def _on_health_change(self, _health: BrokerHealth, _old: str) -> None:
-        usable = [pool for pool in self.candidates() if pool.health.is_up]
-        role = usable[0].role if usable else None
+        usable = [role for role, pool in self.candidates() if pool.health.is_up]
+        role = usable[0] if usable else None
         if role == self.active_role:
             return
         previous, self.active_role = self.active_role, role
+        # The pool published to is kept full, the other warm (the primary while nothing is up).
+        for pool in {id(pool): pool for _, pool in self.brokers}.values():
+            self.endpoints.set_active(pool, self, any(
+                p is pool and r == (role or "primary") for r, p in self.brokers))
         if previous is None or role is None:
             log.info("connection id %s now publishes to %s", self.conn_id, role or "nothing",
                      extra={"event": "route_change", "conn_id": self.conn_id, "role": role})
@@ -321,7 +341,7 @@ class Route:
         view: dict[str, Any] = {
             "ready": self.ready,
             "active": self.active_role,
-            "brokers": {pool.role: pool.snapshot() for pool in self.pools},
+            "brokers": {role: {**pool.snapshot(), "endpoint": pool.name} for role, pool in self.brokers},
         }
         if self.circuits.any_open:
             view["queues_refused"] = self.circuits.open_queues()
@@ -338,6 +358,7 @@ class Gateway:
         # The ids to open on start: the file's, unless given (none: they come from PostgreSQL).
         self._initial_specs = settings.connections if specs is None else specs
         self.routes: dict[str, Route] = {}
+        self.endpoints = EndpointPools(settings)  # the pools, shared by the ids naming the same endpoint
         self.started = False
         self.closing = False  # worker exit: routes stay known, publishes are refused with a 503
 
@@ -365,7 +386,7 @@ class Gateway:
             current = self.routes.get(conn_id)
             if current is not None and current.spec == spec:
                 continue
-            fresh[conn_id] = route = Route(spec, self.settings)
+            fresh[conn_id] = route = Route(spec, self.settings, self.endpoints)
             route.start()
         if warmup > 0 and fresh:
             try:
@@ -397,11 +418,10 @@ class Gateway:
             gevent.sleep(0.01)
 
     def _retire(self, route: Route) -> None:
-        # Let publishes in flight on the old pools (holding or waiting for a
-        # connection) finish before closing them.
+        # Let the old route's publishes in flight (all in its group commit) finish
+        # before it lets go of its pools (a pool no other id uses is closed).
         deadline = time.monotonic() + self.settings.publish_timeout + 1
-        while (route.busy or any(pool._in_use or pool._waiters for pool in route.pools)) \
-                and time.monotonic() < deadline:
+        while route.busy and time.monotonic() < deadline:
             gevent.sleep(0.05)
         route.close()
 

@@ -87,9 +87,8 @@ def readyz() -> tuple[dict, int]:
 @bp.get("/metrics")
 def metrics_page() -> Response:
     """Prometheus text format, aggregated over the workers."""
-    for route in gateway().routes.values():
-        for pool in route.pools:
-            pool.refresh_gauges()  # this worker's longest wait, exact now
+    for pool in gateway().endpoints:
+        pool.refresh_gauges()  # this worker's longest wait, exact now
     body, content_type = metrics.render()
     return Response(body, 200, content_type=content_type)
 

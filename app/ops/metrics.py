@@ -75,7 +75,7 @@ class PublishTally:
 CONNECTION_EVENTS = Counter(
     "gateway_connection_events_total",
     "AMQP connection events: opened, failed (to open), lost, recycled, closed.",
-    ["conn_id", "role", "event"],
+    ["endpoint", "event"],
 )
 PUBLISH_RETRIES = Counter(
     "gateway_publish_retries_total",
@@ -89,24 +89,24 @@ FAILOVERS = Counter(
 )
 POOL_CONNECTIONS = Gauge(
     "gateway_pool_connections", "Pooled AMQP connections by state (idle, in_use, connecting).",
-    ["conn_id", "role", "state"], multiprocess_mode="livesum",
+    ["endpoint", "state"], multiprocess_mode="livesum",
 )
 POOL_WAITING = Gauge(
     "gateway_pool_waiting", "Callers waiting for a pooled connection.",
-    ["conn_id", "role"], multiprocess_mode="livesum",
+    ["endpoint"], multiprocess_mode="livesum",
 )
 POOL_OPEN = Gauge(
     "gateway_pool_open_connections", "Open pooled connections (idle plus in use), summed over workers.",
-    ["conn_id", "role"], multiprocess_mode="livesum",
+    ["endpoint"], multiprocess_mode="livesum",
 )
 POOL_SIZE = Gauge(
     "gateway_pool_size", "Connections the pools keep open (NO_OF_CONNECTIOS per worker), summed over workers.",
-    ["conn_id", "role"], multiprocess_mode="livesum",
+    ["endpoint"], multiprocess_mode="livesum",
 )
 POOL_LONGEST_WAIT = Gauge(
     "gateway_pool_longest_wait_seconds",
     "How long the longest-waiting caller has been waiting for a connection, now (max over workers).",
-    ["conn_id", "role"], multiprocess_mode="livemax",
+    ["endpoint"], multiprocess_mode="livemax",
 )
 CONFIRM_SECONDS = Histogram(
     "gateway_confirm_duration_seconds",
@@ -127,7 +127,7 @@ CONNECTION_CAP_REFUSALS = Counter(
 )
 BROKER_UP = Gauge(
     "gateway_broker_up", "1 when the broker is up for this worker, 0 when down or unknown.",
-    ["conn_id", "role"], multiprocess_mode="livemin",
+    ["endpoint"], multiprocess_mode="livemin",
 )
 
 CONFIG_SYNCS = Counter(

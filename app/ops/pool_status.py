@@ -1,5 +1,9 @@
 """``GET /pools``: every pool of every worker, like pgbouncer's ``SHOW POOLS``.
 
+Two views: ``endpoints``, each broker endpoint's pool (shared by the ids
+naming it) with the ids using it, and ``connections``, each id with the
+pools of its primary and backup.
+
 Each gunicorn worker has its own pools, and a request reaches one worker, so
 a view of only the answering worker's pools would show half the truth. Each
 worker therefore writes its snapshot (``Route.snapshot()`` of every id) to
@@ -44,12 +48,12 @@ def snapshot_path(directory: str, pid: int) -> str:
 
 def worker_snapshot(gateway: Gateway) -> dict[str, Any]:
     """This worker's pools, JSON-able, no secrets."""
-    for route in gateway.routes.values():
-        for pool in route.pools:
-            pool.refresh_gauges()
+    for pool in gateway.endpoints:
+        pool.refresh_gauges()
     return {
         "pid": os.getpid(),
         "time": time.time(),
+        "endpoints": gateway.endpoints.snapshot(),
         "connections": {conn_id: route.snapshot() for conn_id, route in sorted(gateway.routes.items())},
     }
 
@@ -67,6 +71,11 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     """
     ids = sorted({conn_id for snap in snapshots for conn_id in snap["connections"]})
     connections: dict[str, Any] = {}
+    names = sorted({name for snap in snapshots for name in snap.get("endpoints", {})})
+    endpoints: dict[str, Any] = {}
+    for name in names:
+        views = [(snap["pid"], snap["endpoints"][name]) for snap in snapshots if name in snap.get("endpoints", {})]
+        endpoints[name] = {**_merge_pool(views), "ids": sorted({i for _, view in views for i in view["ids"]})}
     for conn_id in ids:
         present = [(snap["pid"], snap["connections"][conn_id]) for snap in snapshots
                    if conn_id in snap["connections"]]
@@ -74,18 +83,7 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
         brokers: dict[str, Any] = {}
         for role in roles:
             views = [(pid, route["brokers"][role]) for pid, route in present if role in route["brokers"]]
-            first = views[0][1]
-            merged: dict[str, Any] = {
-                "broker": first["broker"],
-                "state": _same_or_mixed([view["state"] for _, view in views]),
-                **{count: sum(view[count] for _, view in views) for count in _COUNTS},
-                "longest_wait": max(view["longest_wait"] for _, view in views),
-                "last_error": next((view["last_error"] for _, view in views if view["last_error"]), None),
-                "workers": {str(pid): {key: view[key] for key in ("state", "open", "in_use", "idle", "waiting",
-                                                                  "longest_wait", "last_error")}
-                            for pid, view in views},
-            }
-            brokers[role] = merged
+            brokers[role] = {**_merge_pool(views), "endpoint": views[0][1].get("endpoint")}
         connections[conn_id] = {
             "ready": all(route["ready"] for _, route in present),
             "active": _same_or_mixed([route["active"] for _, route in present]),
@@ -94,7 +92,21 @@ def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     now = time.time()
     # Each worker's snapshot age: the others' are up to INTERVAL old.
     workers = {str(snap["pid"]): round(max(now - snap["time"], 0.0), 3) for snap in sorted(snapshots, key=_pid)}
-    return {"workers": workers, "connections": connections}
+    return {"workers": workers, "endpoints": endpoints, "connections": connections}
+
+
+def _merge_pool(views: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """One pool's snapshots from several workers: counts summed, states agreed or ``mixed``."""
+    return {
+        "broker": views[0][1]["broker"],
+        "state": _same_or_mixed([view["state"] for _, view in views]),
+        **{count: sum(view[count] for _, view in views) for count in _COUNTS},
+        "longest_wait": max(view["longest_wait"] for _, view in views),
+        "last_error": next((view["last_error"] for _, view in views if view["last_error"]), None),
+        "workers": {str(pid): {key: view[key] for key in ("state", "open", "in_use", "idle", "waiting",
+                                                          "longest_wait", "last_error")}
+                    for pid, view in views},
+    }
 
 
 def _pid(snap: dict[str, Any]) -> int:

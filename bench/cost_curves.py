@@ -1,0 +1,138 @@
+"""Cost curves: what 1, 10, 100 and 1,000 connection ids cost (issue 17), part of ``make bench``.
+
+For each count, a gateway (2 workers, pool size 5) with that many ids, all on
+the local RabbitMQ, in two layouts:
+
+* ``one endpoint``: every id publishes to ``/`` with its backup on one other
+  vhost (the ids share two pools);
+* ``4 vhosts``: the ids spread over four primary vhosts, backups on a fifth.
+
+Measured per run: AMQP connections the broker has from the gateway (asked of
+the broker, after the pools settled), the largest worker RSS, the seconds from
+starting gunicorn to ``/readyz`` answering 200, and publish p50/p99 under the
+same wrk load as the other gateway runs (every 2xx counted in the queue).
+
+Run alone: ``.venv/bin/python bench/cost_curves.py`` (prints the table, writes
+``bench/results/cost_curves.json`` and ``.png``); ``bench/run.py`` runs it too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as bench  # bench/run.py: Server, wrk, counted runs
+
+COUNTS = (1, 10, 100, 1000)
+LAYOUTS = ("one endpoint", "4 vhosts")
+VHOSTS = [f"bench-cost-{n}" for n in range(5)]  # four primaries, one backup
+SETTLE_SECONDS = 3.0
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, check=True, timeout=60).stdout
+
+
+def make_vhosts() -> None:
+    for vhost in VHOSTS:
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+
+def delete_vhosts() -> None:
+    for vhost in VHOSTS:
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
+def gateway_connections() -> int:
+    """Connections the broker has from a gateway (its client properties name the product)."""
+    listing = rabbitmqctl("list_connections", "client_properties", "--no-table-headers", "--quiet")
+    return sum(1 for line in listing.splitlines() if "amqp-publish-gateway" in line)
+
+
+def config(ids: int, layout: str) -> str:
+    backup = f"guest:guest@127.0.0.1:5672/{quote(VHOSTS[4], safe='')}"
+    lines = ["NO_OF_CONNECTIOS,5", "LOG_LEVEL,WARNING", f"MAX_CONNECTION_IDS,{max(ids, 100)}"]
+    for i in range(ids):
+        conn_id = "bench" if i == 0 else f"bench{i}"
+        # The measured id, "bench", always publishes to "/" (where bench/run.py's queue is).
+        vhost = "" if layout == "one endpoint" or i % 4 == 0 else quote(VHOSTS[i % 4], safe="")
+        lines.append(f"RMQ_CONN_STR,{conn_id},guest:guest@127.0.0.1:5672/{vhost},{backup}")
+    return "\n".join(lines) + "\n"
+
+
+def one_run(ids: int, layout: str) -> dict[str, Any]:
+    started = time.monotonic()
+    with bench.Server(config(ids, layout), workers=2) as server:
+        ready_s = time.monotonic() - started
+        time.sleep(SETTLE_SECONDS)  # fillers and health checks reach their steady state
+        connections = gateway_connections()
+        run = bench.gateway_run(server, seconds=max(bench.SECONDS / 2, 4))
+        rss = max(bench.rss_kib(pid) for pid in server.worker_pids()) / 1024
+    row = {"ids": ids, "layout": layout, "connections": connections, "ready_s": round(ready_s, 2),
+           "worker_rss_mib": round(rss, 1), "rps": round(run["rps"]), "p50_ms": run["p50_ms"],
+           "p99_ms": run["p99_ms"], "counted": run["counted"]}
+    bench.log(f"cost curve: {ids} ids, {layout}: {connections} connections, ready in {ready_s:.1f}s, "
+              f"{rss:.0f} MiB, p50 {run['p50_ms']:.1f} ms")
+    return row
+
+
+def bench_cost_curves() -> list[dict[str, Any]]:
+    """Every (layout, count) run, the vhosts made before and deleted after."""
+    delete_vhosts()
+    make_vhosts()
+    try:
+        return [one_run(ids, layout) for layout in LAYOUTS for ids in COUNTS]
+    finally:
+        delete_vhosts()
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| ids | layout | broker connections | ready (s) | worker RSS (MiB) | req/s | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['ids']} | {r['layout']} | {r['connections']} | {r['ready_s']:.1f} | {r['worker_rss_mib']:.0f} "
+              f"| {r['rps']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    for (key, title), ax in zip((("connections", "broker connections"), ("worker_rss_mib", "worker RSS (MiB)"),
+                                 ("ready_s", "start to ready (s)"), ("p50_ms", "publish p50 (ms)")), axes, strict=True):
+        for layout in LAYOUTS:
+            series = [r for r in rows if r["layout"] == layout]
+            ax.plot([r["ids"] for r in series], [r[key] for r in series], marker="o", label=layout)
+        ax.set_xscale("log")
+        ax.set_xlabel("connection ids")
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+        ax.legend()
+    fig.suptitle("Cost of connection ids (2 workers, pool size 5, one broker)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
+    rows = bench_cost_curves()
+    bench.RESULTS.mkdir(parents=True, exist_ok=True)
+    (bench.RESULTS / "cost_curves.json").write_text(json.dumps(rows, indent=2) + "\n")
+    chart(rows, bench.RESULTS / "cost_curves.png")
+    print(table(rows))
+    if not all(r["counted"] for r in rows):
+        sys.exit("bench: an acknowledged publish is missing from the queue")
+
+
+if __name__ == "__main__":
+    main()
