@@ -19,7 +19,7 @@ from app.amqp.server_cap import CAP, ServerCap
 from app.config import parse_broker
 from app.core.errors import ConnectionCapReached
 from app.ops import metrics
-from tests.support.rabbit import AMQP_HOST, AMQP_PORT, Vhost, rabbitmqctl
+from tests.support.rabbit import Vhost, rabbitmqctl
 from tests.support.settings import make_settings
 from tests.support.wait import wait_until
 
@@ -53,11 +53,12 @@ def three_vhosts(rabbit_available) -> Iterator[list[Vhost]]:
 
 
 def test_the_cap_holds_across_vhosts_and_an_id_over_it_is_answered_503_at_once(start_gateway, rabbit, three_vhosts,
-                                                                                caplog):
+                                                                                proxy, caplog):
+    # Through a proxy of the test's own: a server (host:port) no other test's connections count against.
     names = [vhost.name for vhost in three_vhosts]
-    ids = {f"cap{i}": f"guest:guest@{AMQP_HOST}:{AMQP_PORT}/{quote(names[i % 3], safe='')}" for i in range(5)}
+    ids = {f"cap{i}": f"guest:guest@127.0.0.1:{proxy.port}/{quote(names[i % 3], safe='')}" for i in range(5)}
     address = parse_broker(next(iter(ids.values())))
-    wait_until(lambda: CAP.held(address) == 0, 10, message="no connection of an earlier test's gateway left")
+    assert CAP.held(address) == 0
     extra = f"MAX_CONNECTIONS_PER_SERVER,{CAP_UNDER_TEST}\nPOOL_MAX_OVERFLOW,0"
     gw = start_gateway(make_settings(ids, extra))
     wait_until(lambda: CAP.held(address) == CAP_UNDER_TEST and not any(p._connecting for p in gw.endpoints), 10,
@@ -67,7 +68,7 @@ def test_the_cap_holds_across_vhosts_and_an_id_over_it_is_answered_503_at_once(s
     assert broker_connections(names) == CAP_UNDER_TEST  # 3 endpoints would take 12 without the cap
 
     # One more id, on a fourth vhost of the same server: no slot left for it.
-    late = make_settings({**ids, "late": f"guest:guest@{AMQP_HOST}:{AMQP_PORT}/"}, extra)
+    late = make_settings({**ids, "late": f"guest:guest@127.0.0.1:{proxy.port}/"}, extra)
     gw.set_connections(late.connections)
     queue = rabbit.queue()
     started = time.monotonic()
@@ -75,11 +76,13 @@ def test_the_cap_holds_across_vhosts_and_an_id_over_it_is_answered_503_at_once(s
         gw.publish("late", queue, b"over the cap")
     assert time.monotonic() - started < 1.0  # refused at once, not after the pool timeout
     assert info.value.status == 503 and info.value.code == "connection_cap"
-    assert f"{AMQP_HOST}:{AMQP_PORT}" in info.value.detail and "guest" not in info.value.detail
+    assert info.value.detail.startswith("late/primary: ")
+    for leak in ("127.0.0.1", str(proxy.port), "guest", "@"):  # producers never see broker addresses
+        assert leak not in info.value.detail
     assert rabbit.count(queue) == 0
     assert gw.routes["late"].snapshot()["brokers"]["primary"]["connection_cap"]
     assert any(getattr(r, "event", None) == "connection_cap_reached" for r in caplog.records)
-    assert metrics.CONNECTION_CAP_REFUSALS.labels(f"{AMQP_HOST}:{AMQP_PORT}")._value.get() > 0
+    assert metrics.CONNECTION_CAP_REFUSALS.labels(f"127.0.0.1:{proxy.port}")._value.get() > 0
     assert CAP.held(address) == CAP_UNDER_TEST
 
     # The other ids removed give their slots back: the late one gets connections then.

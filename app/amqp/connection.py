@@ -27,6 +27,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gevent
 import pika
@@ -149,7 +150,7 @@ class BrokerConnection:
         # Nacks in a row with no ack between, and since when (app.amqp.nacks judges them).
         self.nack_streak = 0
         self.nack_streak_since = 0.0
-        self.log_fields: dict[str, str] = {"server": address.display}  # + conn_id and role, for its log lines
+        self.log_fields: dict[str, Any] = {"server": address.display}  # + endpoint and its ids, for its log lines
         # Told (in the hub) when the connection dies under us: on_lost(conn, reason).
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
         # Told (in the hub) when the broker blocks or unblocks it: on_blocked(conn, blocked).

@@ -17,6 +17,7 @@ once, up to the pool size). A pool is closed when no id uses it any more.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -41,17 +42,22 @@ class EndpointPools:
         # pool -> {user: publishes to it now}; a user is one route of an id (an id whose
         # config changed has two for a moment: the new one attached before the old detaches).
         self._users: dict[ConnectionPool, dict[User, bool]] = {}
+        self._opened = 0
 
     def attach(self, servers: Servers, user: User, active: bool) -> ConnectionPool:
         """The endpoint's pool (made and started if new), now used by ``user``."""
         pool = self._pools.get(servers)
         if pool is None:
-            pool = ConnectionPool(self._name_for(servers), servers, self.settings)
+            self._opened += 1
+            # The label names its connections (RabbitMQ shows it) and producers' errors: no address, no id.
+            pool = ConnectionPool(self._name_for(servers), servers, self.settings,
+                                  label=f"{os.getpid()}/endpoint{self._opened}")
             self._pools[servers] = pool
             self._users[pool] = {}
             pool.start()
             log.info("pool opened for %s", pool.name, extra={"event": "endpoint_opened", "endpoint": pool.name})
         self._users[pool][user] = self._users[pool].get(user, False) or active
+        pool.conn_ids = self.users(pool)
         self._size(pool)
         return pool
 
@@ -68,6 +74,7 @@ class EndpointPools:
         if users is None:
             return
         users.pop(user, None)
+        pool.conn_ids = self.users(pool)
         if users:
             self._size(pool)
             return
@@ -89,7 +96,7 @@ class EndpointPools:
 
     def snapshot(self) -> dict[str, Any]:
         """Every endpoint's pool and the ids using it, for /pools and /readyz (no secrets)."""
-        return {pool.name: {**pool.snapshot(), "ids": self.users(pool)}
+        return {pool.name: {**pool.snapshot(), "label": pool.label, "ids": self.users(pool)}
                 for pool in sorted(self._pools.values(), key=lambda p: p.name)}
 
     def _size(self, pool: ConnectionPool) -> None:

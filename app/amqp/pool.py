@@ -61,8 +61,12 @@ FILL_BACKOFF_START = 0.05  # seconds before the filler's first retry
 class ConnectionPool:
     """Pooled connections to the server(s) of one endpoint."""
 
-    def __init__(self, name: str, servers: Servers, settings: Settings):
-        self.name = name  # the endpoint as safe to show: servers with user and vhost, no password
+    def __init__(self, name: str, servers: Servers, settings: Settings, label: str = ""):
+        self.name = name  # the endpoint as operators see it: servers with user and vhost, no password
+        # What connection names and producers' error details say instead: the
+        # address stays out of answers, and no id's name reaches another id's producer.
+        self.label = label or name
+        self.conn_ids: list[str] = []  # the ids using the pool (kept by EndpointPools), for log lines
         self.endpoint = servers
         self.settings = settings
         self.servers = ServerSet(servers, settings.server_selection, settings.server_quarantine)
@@ -72,10 +76,12 @@ class ConnectionPool:
         fields = {"endpoint": name}
         self.health = BrokerHealth(name, settings.health_rise, settings.health_fall, log_fields=fields)
         self.health.subscribe(self._on_health_change)
-        self.checker = HealthChecker(name, self.servers, self.health, settings, log_fields=fields)
+        self.checker = HealthChecker(self.label, self.servers, self.health, settings, log_fields=fields)
         self._idle: deque[BrokerConnection] = deque()
         self._waiters: deque[AsyncResult] = deque()
         self._waiting_since: dict[AsyncResult, float] = {}  # for the longest-wait gauge
+        self._waiter_holder: dict[AsyncResult, str] = {}  # whom each waiter waits for
+        self._held: dict[str, int] = {}  # connections lent out, by holder (a connection id)
         self._expiry: dict[BrokerConnection, float] = {}
         self._members: set[BrokerConnection] = set()  # every pooled connection open, idle or lent
         self._in_use = 0
@@ -139,49 +145,52 @@ class ConnectionPool:
         """Connections open: idle plus lent out."""
         return len(self._idle) + self._in_use
 
-    def acquire(self, timeout: float) -> BrokerConnection:
-        """Lend a connection to one holder; raise PoolTimeout or BrokerUnavailable."""
+    def acquire(self, timeout: float, holder: str = "") -> BrokerConnection:
+        """Lend a connection to one holder (a connection id); raise PoolTimeout or BrokerUnavailable."""
         now = time.monotonic()
         deadline = now + timeout
         overflow_at = now + self.settings.pool_overflow_wait
         while True:
             if self._closed:
-                raise BrokerUnavailable(f"{self.name}: pool is closed")
+                raise BrokerUnavailable("pool is closed")
             while self._idle and not self._blocked:
                 conn = self._idle.pop()
                 if conn.usable:
                     self._in_use += 1
+                    self._held[holder] = self._held.get(holder, 0) + 1
                     return conn
                 self._discard(conn, conn.lost_reason or "found dead in the pool")
             if self.health.is_down:
-                raise BrokerUnavailable(f"{self.name}: broker is down ({self.health.last_error})")
+                raise BrokerUnavailable(f"broker is down ({self.health.last_error})")
             if self._blocked:
                 # RabbitMQ blocks each connection only once it publishes: do not
                 # feed it more while it has said it is out of resources.
-                raise BrokerBlocked(f"{self.name}: the broker blocked publishing (resource alarm)")
+                raise BrokerBlocked("the broker blocked publishing (resource alarm)")
             now = time.monotonic()
             total = self.open_count + self._connecting
             if total < self.size or (total < self.size + self.max_overflow and now >= overflow_at):
                 opened = self._open_for_caller(min(self.settings.connect_timeout, max(deadline - now, 0.05)))
                 if opened is not None:
+                    self._held[holder] = self._held.get(holder, 0) + 1
                     return opened
                 if self.capped is not None and self.open_count == 0:
                     raise ConnectionCapReached(self.capped.detail)  # no connection of ours will come back
                 now = time.monotonic()
             if now >= deadline:
-                raise PoolTimeout(f"{self.name}: no free connection within {timeout:g}s")
+                raise PoolTimeout(f"no free connection within {timeout:g}s")
             # Wait for a returned connection; wake up for overflow if it may be opened then.
             until = deadline
             if now < overflow_at and total < self.size + self.max_overflow:
                 until = min(deadline, overflow_at)
-            handed = self._wait(until - now)
+            handed = self._wait(until - now, holder)
             if handed is not None:
-                return handed  # handed over by release(), already counted in use
+                return handed  # handed over by release(), already counted in use and held
 
-    def _wait(self, seconds: float) -> BrokerConnection | None:
+    def _wait(self, seconds: float, holder: str) -> BrokerConnection | None:
         waiter: AsyncResult = AsyncResult()
         self._waiters.append(waiter)
         self._waiting_since[waiter] = time.monotonic()
+        self._waiter_holder[waiter] = holder
         try:
             handed: BrokerConnection | None = waiter.get(timeout=seconds)
             return handed
@@ -192,6 +201,7 @@ class ConnectionPool:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             self._waiting_since.pop(waiter, None)
+            self._waiter_holder.pop(waiter, None)
 
     def _may_open(self, timeout: float | None) -> bool:
         # POOL_OPEN_RATE: whatever kills connections (a broker closing them over
@@ -213,9 +223,14 @@ class ConnectionPool:
         self._update_gauges()
         return conn
 
-    def release(self, conn: BrokerConnection) -> None:
+    def release(self, conn: BrokerConnection, holder: str = "") -> None:
         """Take a connection back: reuse it, or close it if failed, expired or overflow."""
         self._in_use -= 1
+        held = self._held.get(holder, 0) - 1
+        if held > 0:
+            self._held[holder] = held
+        else:
+            self._held.pop(holder, None)
         if self._closed:
             self._spawn_close(conn)
         elif not conn.usable:
@@ -228,9 +243,9 @@ class ConnectionPool:
             self._put(conn)
 
     @contextmanager
-    def connection(self, timeout: float) -> Iterator[BrokerConnection]:
-        """``with pool.connection(t) as conn``: acquire, then release or discard."""
-        conn = self.acquire(timeout)
+    def connection(self, timeout: float, holder: str = "") -> Iterator[BrokerConnection]:
+        """``with pool.connection(t, holder) as conn``: acquire, then release or discard."""
+        conn = self.acquire(timeout, holder)
         try:
             yield conn
         except GatewayError:
@@ -241,16 +256,34 @@ class ConnectionPool:
             conn.suspect = True
             raise
         finally:
-            self.release(conn)
+            self.release(conn, holder)
 
     def _put(self, conn: BrokerConnection) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter = self._next_waiter()
             if not waiter.ready():
                 self._in_use += 1
+                holder = self._waiter_holder.get(waiter, "")
+                self._held[holder] = self._held.get(holder, 0) + 1
                 waiter.set(conn)
                 return
         self._idle.append(conn)
+
+    def _next_waiter(self) -> AsyncResult:
+        """The waiter to hand a returned connection to: of the holder that holds fewest now, first come first.
+
+        Fairness on a shared pool: an id flooding the endpoint holds many
+        connections and queues many waiters; another id's waiter, holding
+        none, gets the next connection that comes back instead of queueing
+        behind all of them.
+        """
+        waiters = self._waiters
+        if len(waiters) == 1:
+            return waiters.popleft()
+        held, holders = self._held, self._waiter_holder
+        chosen = min(waiters, key=lambda w: held.get(holders.get(w, ""), 0))
+        waiters.remove(chosen)
+        return chosen
 
     def _discard(self, conn: BrokerConnection, reason: str) -> None:
         self._expiry.pop(conn, None)
@@ -298,7 +331,7 @@ class ConnectionPool:
         self._connecting += 1
         self._update_gauges()
         try:
-            conn = BrokerConnection.open(server, self.settings, f"gateway {self.name} #{self._opened}", timeout)
+            conn = BrokerConnection.open(server, self.settings, f"gateway {self.label} #{self._opened}", timeout)
         except ConnectionCapReached as exc:
             # Not the server failing: the gateway's own limit (logged by the cap).
             self.capped = exc
@@ -341,9 +374,9 @@ class ConnectionPool:
         self.health.record_connected()
         return conn
 
-    def _fields(self, server: BrokerAddress) -> dict[str, str]:
-        """The log fields of an event on one connection: endpoint and server (as displayed: no password)."""
-        return {"endpoint": self.name, "server": server.display}
+    def _fields(self, server: BrokerAddress) -> dict[str, Any]:
+        """The log fields of an event on one connection: endpoint, its ids and server (as displayed: no password)."""
+        return {"endpoint": self.name, "conn_ids": self.conn_ids, "server": server.display}
 
     def _fill_loop(self) -> None:
         backoff = Backoff(FILL_BACKOFF_START, self.settings.reconnect_backoff_max)

@@ -61,8 +61,9 @@ class ServerCap:
                 log.warning("connection cap reached: this worker holds %d connections to %s:%d "
                             "(MAX_CONNECTIONS_PER_SERVER); opening no more", held, address.host, address.port,
                             extra={"event": "connection_cap_reached", "server": _label(server), "held": held})
-            raise ConnectionCapReached(f"the gateway holds its most connections to {address.host}:{address.port} "
-                                       f"({held} in this worker; MAX_CONNECTIONS_PER_SERVER)")
+            # The answer does not name the server (producers never see broker addresses); the log does.
+            raise ConnectionCapReached(f"the gateway holds its most connections to this broker server ({held} in "
+                                       f"this worker; MAX_CONNECTIONS_PER_SERVER)")
         self._held[server] = held + 1
         metrics.SERVER_CONNECTIONS.labels(_label(server)).set(held + 1)
 

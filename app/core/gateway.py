@@ -76,6 +76,7 @@ class Route:
         width = (settings.pool_size + settings.pool_max_overflow) * len(spec.brokers())
         self.commit = GroupCommit(spec.conn_id, self.publish_batch, width)
         self.active_role: str | None = None
+        self.closed = False  # detached from its pools: publishes are answered 503
 
     @property
     def pools(self) -> list[ConnectionPool]:
@@ -107,7 +108,10 @@ class Route:
 
     def close(self, timeout: float = 2.0) -> None:
         """Detach from the pools; a pool no other id uses is closed cleanly."""
-        brokers, self.brokers = self.brokers, []
+        if self.closed:
+            return
+        self.closed = True
+        brokers = self.brokers
         for _, pool in brokers:
             pool.health.unsubscribe(self._on_health_change)
         distinct = list({id(pool): pool for _, pool in brokers}.values())
@@ -133,6 +137,10 @@ class Route:
         """Publish each message with confirms; one outcome per message, in order."""
         outcomes: list[Outcome] = [None] * len(messages)
         todo = list(range(len(messages)))
+        if self.closed:
+            gone = BrokerUnavailable(f"{self.conn_id}: not served here any more (its configuration changed, or the "
+                                     "worker stops); retry")
+            return self._fill(outcomes, todo, gone, {})
         if self.circuits.any_open:
             todo = self._refuse_open_queues(messages, todo, outcomes)
         # Sent, then the connection died before the confirm: the broker may
@@ -156,7 +164,7 @@ class Route:
                         return self._fill(outcomes, todo, last_error, uncertain)
                     metrics.PUBLISH_RETRIES.labels(self.conn_id, role, "allowed").inc()
                 try:
-                    with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                    with pool.connection(min(self.settings.pool_timeout, remaining), self.conn_id) as conn:
                         sent, sent_monotonic = time.perf_counter(), time.monotonic()
                         results = conn.publish_batch(
                             [messages[i] for i in todo],
@@ -167,15 +175,15 @@ class Route:
                         metrics.CONFIRM_SECONDS.labels(self.conn_id, role).observe(time.perf_counter() - sent)
                         renack = self._judge_nacks(conn, [messages[i][0] for i in todo], results, todo, nack_retried)
                 except PoolTimeout as exc:
-                    last_error = exc
+                    last_error = self._named(exc, role)
                     if pool.health.is_up:
                         # A busy healthy broker is not a down one: answer 503
                         # rather than scatter its traffic onto the backup.
-                        return self._fill(outcomes, todo, exc, uncertain)
+                        return self._fill(outcomes, todo, last_error, uncertain)
                     break
                 except Unavailable as exc:
-                    # Nothing was sent (broker down, blocked): try the next broker.
-                    last_error = exc
+                    # Nothing was sent (broker down, blocked, at the cap): try the next broker.
+                    last_error = self._named(exc, role)
                     break
                 lost_here: list[int] = []  # the connection died under these
                 renacked: list[int] = []  # nacked by a connection now retired: once more, elsewhere
@@ -215,6 +223,10 @@ class Route:
             if not todo:
                 break
         return self._fill(outcomes, todo, last_error, uncertain)
+
+    def _named(self, exc: Unavailable, role: str) -> Unavailable:
+        """The pool's error as this id's producer gets it: named by id and role (the pool is shared)."""
+        return type(exc)(f"{self.conn_id}/{role}: {exc.detail}")
 
     def _refuse_open_queues(self, messages: Sequence[Message], todo: list[int], outcomes: list[Outcome]) -> list[int]:
         """Answer at once the messages whose queue's circuit is open; the rest, to publish."""
@@ -264,7 +276,7 @@ class Route:
                 if remaining <= 0:
                     return suspects[position:]
                 try:
-                    with pool.connection(min(self.settings.pool_timeout, remaining)) as conn:
+                    with pool.connection(min(self.settings.pool_timeout, remaining), self.conn_id) as conn:
                         result = conn.publish_batch(
                             [messages[index]], min(self.settings.confirm_timeout, max(remaining, 0.001)),
                             mandatory=self.settings.mandatory, persistent=self.settings.persistent)[0]
