@@ -14,6 +14,7 @@ from typing import Any
 
 from app.config.connections import ConnectionSpec, parse_connection
 from app.config.settings import OPTIONS, Settings
+from app.core.errors import StartupError
 
 DEFAULT_CONFIG_PATH = "config/pool.cfg"
 ENV_PREFIX = "GATEWAY_"
@@ -22,7 +23,7 @@ ENV_NOT_KEYS = {"CONFIG", "BIND", "WORKERS", "ACCESS_LOG", "METRICS_TMPDIR", "SE
                 "KEEPALIVE"}
 
 
-class ConfigError(ValueError):
+class ConfigError(StartupError, ValueError):
     """A bad config file or value; ``str()`` is one line naming where and what."""
 
     def __init__(self, problem: str, source: str = "", line: int | None = None):
