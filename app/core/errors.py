@@ -3,6 +3,7 @@
 ::
 
     GatewayError                 500 internal
+    ├── HttpError                its own status and code (the web stack's other HTTP errors)
     ├── BadRequest               400 bad_request
     │   ├── MalformedBody        400 malformed_body
     │   ├── InvalidConnectionId  400 invalid_connection_id
@@ -82,6 +83,15 @@ class GatewayError(Exception):
     def to_json(self) -> dict[str, str]:
         """The JSON body of the error answer."""
         return {"error": self.code, "detail": self.detail}
+
+
+class HttpError(GatewayError):
+    """An HTTP error of the web stack (werkzeug's, other than no route and wrong method), with its status and code."""
+
+    def __init__(self, detail: str, status: int, code: str):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
 
 
 class BadRequest(GatewayError):
