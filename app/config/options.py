@@ -21,7 +21,7 @@ _OPTION = "option"  # the key of a field's metadata that holds its Option
 
 @dataclass(frozen=True)
 class Option:
-    """One scalar setting: its key in the file, field name, default (as written in the file), parser and doc."""
+    """One scalar setting: its key in the file, default (as written there), parser, doc, topic and field name."""
 
     key: str
     default: str

@@ -191,7 +191,6 @@ class Settings:
     # forked workers use it rather than read the file again.
     auth_tokens_file_text: str | None = field(default=None, repr=False)
 
-
     @property
     def min_size(self) -> int:
         """Connections kept open per role, whatever the load."""
@@ -228,7 +227,6 @@ class Settings:
         }
         out["source"] = self.source
         return out
-
 
 
 OPTIONS = declared_options(Settings)
