@@ -70,7 +70,7 @@ graceful_timeout = 20  # SIGTERM: requests in flight get this long to be answere
 backlog = 4096
 # Seconds a client connection may wait for its next request and take to send
 # its headers (gunicorn bounds both with one timer); the body then has
-# CLIENT_BODY_TIMEOUT (app/config/__init__.py).
+# CLIENT_BODY_TIMEOUT (app/config/settings.py).
 keepalive = max(1, int(os.environ.get("GATEWAY_KEEPALIVE", "5")))  # 0 would leave headers unbounded
 # gunicorn-h1c's C parser (pinned in pyproject.toml) when it is installed, else
 # gunicorn's Python parser: the same requests, ~100 µs less CPU each.

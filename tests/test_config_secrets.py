@@ -18,8 +18,9 @@ from app.config import ConfigError, settings_from_text
 
 SPECIALS = ",;:@/?#%&=+ !$'()*[]\\^`{|}~\"<>."
 # The parser's own wording may share a 4-character piece with a password
-# ("port", "%2F)"): that is its text, not the password's.
-WORDING = Path(app.config.__file__).read_text()
+# ("port", "%2F)"): that is its text, not the password's (the package's modules but the check command).
+WORDING = "".join(path.read_text() for path in sorted(Path(app.config.__file__).parent.glob("*.py"))
+                  if path.name != "check.py")
 
 FORMS = [
     "{user}:{pw}@127.0.0.1:5672/vh",

@@ -23,6 +23,8 @@ from pika.adapters.gevent_connection import GeventConnection
 from pika.adapters.utils import io_services_utils
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
+from app.core.errors import StartupError
+
 # Versions whose internals were read against this module (requirements/runtime.txt pins one).
 VERIFIED_PIKA = ("1.4.4",)
 
@@ -46,7 +48,7 @@ INIT_NAMES = (
 )
 
 
-class PikaIncompatible(RuntimeError):
+class PikaIncompatible(StartupError, RuntimeError):
     """The installed pika is not the one the seam was verified with, or lacks an internal it uses."""
 
 

@@ -3,6 +3,7 @@
 ::
 
     GatewayError                 500 internal
+    ├── HttpError                its own status and code (the web stack's other HTTP errors)
     ├── BadRequest               400 bad_request
     │   ├── MalformedBody        400 malformed_body
     │   ├── InvalidConnectionId  400 invalid_connection_id
@@ -40,6 +41,21 @@ make the ZeroMQ reply ``ERR <status> <code>``.
 
 An error with ``closes`` set is answered with ``Connection: close``: the rest of
 the request was not read (or cannot be trusted), so the connection is not reused.
+
+The errors that keep a process or component from starting are never answered
+to a producer, so they are not in that tree; they share one base, and each
+prints as one line without secrets::
+
+    StartupError
+    ├── ConfigError       a bad config file or value (app.config; also a ValueError)
+    ├── DatabaseError     PostgreSQL unreachable or refusing a statement (app.db.connection)
+    ├── RelayError        the ZeroMQ relay cannot bind or set up CURVE (app.zmq.relay)
+    ├── RelayStartError   the relay process did not come up (app.zmq.supervisor)
+    ├── CurveError        CURVE keys cannot be loaded (app.zmq.sockets)
+    └── PikaIncompatible  pika is not the version the seam was verified with (app.amqp.pika_seam;
+                          also a RuntimeError)
+
+This module imports nothing heavy: the config package and the gunicorn master use it.
 """
 
 from __future__ import annotations
@@ -47,6 +63,10 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
+
+
+class StartupError(Exception):
+    """Base of the errors that keep a process or component from starting; ``str()`` is one safe line."""
 
 
 class GatewayError(Exception):
@@ -63,6 +83,15 @@ class GatewayError(Exception):
     def to_json(self) -> dict[str, str]:
         """The JSON body of the error answer."""
         return {"error": self.code, "detail": self.detail}
+
+
+class HttpError(GatewayError):
+    """An HTTP error of the web stack (werkzeug's, other than no route and wrong method), with its status and code."""
+
+    def __init__(self, detail: str, status: int, code: str):
+        super().__init__(detail)
+        self.status = status
+        self.code = code
 
 
 class BadRequest(GatewayError):

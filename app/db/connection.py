@@ -23,12 +23,12 @@ import psycopg2
 import psycopg2.extensions
 
 from app.config import Settings
-from app.core.errors import describe_exception
+from app.core.errors import StartupError, describe_exception
 
 APPLICATION_NAME = "amqp-publish-gateway"
 
 
-class DatabaseError(Exception):
+class DatabaseError(StartupError):
     """PostgreSQL could not be reached or refused a statement; ``str()`` is one safe line."""
 
     def __init__(self, message: str, pgcode: str | None = None):

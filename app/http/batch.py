@@ -16,7 +16,7 @@ per message.
 
 from __future__ import annotations
 
-from app.core.errors import GatewayError, MalformedBody, PayloadTooLarge
+from app.core.errors import BadRequest, MalformedBody, PayloadTooLarge
 from app.core.message import PublishRequest, parse_body
 
 _MAX_LENGTH_DIGITS = 10
@@ -43,9 +43,9 @@ def parse_batch(data: bytes, max_messages: int, max_message_size: int) -> list[P
             raise MalformedBody(f"record {index}: {length} bytes and a newline expected after byte {start}")
         try:
             records.append(parse_body(data[start:stop]))
-        except GatewayError as exc:
-            exc.detail = f"record {index}: {exc.detail}"
-            raise
+        except BadRequest as exc:
+            # A new error of the same kind, naming the record (an error is never changed once raised).
+            raise type(exc)(f"record {index}: {exc.detail}") from exc
         pos = stop + 1
     if not records:
         raise MalformedBody("the batch is empty")

@@ -18,7 +18,7 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from app.config import Settings, current_settings
-from app.core.errors import GatewayError, MethodNotAllowed, NotFound, http_answer, internal_error
+from app.core.errors import GatewayError, HttpError, MethodNotAllowed, NotFound, http_answer, internal_error
 from app.http import auth, request_id
 from app.http.publish_endpoint import PublishEndpoint
 from app.http.services import WorkerServices
@@ -81,10 +81,8 @@ def _http_error(exc: HTTPException) -> Response:
     if exc.code == 405:
         allow = tuple(exc.valid_methods or ()) if hasattr(exc, "valid_methods") else ()
         return _error_response(MethodNotAllowed("method not allowed for this route", allow=allow))
-    error = GatewayError(exc.description or exc.name)
-    error.status = exc.code or 500
-    error.code = (exc.name or "error").lower().replace(" ", "_")
-    return _error_response(error)
+    return _error_response(HttpError(exc.description or exc.name, status=exc.code or 500,
+                                     code=(exc.name or "error").lower().replace(" ", "_")))
 
 
 def _unexpected_error(exc: Exception) -> Response:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from app.core.errors import WorkerLost
+from app.core.errors import StartupError, WorkerLost
 from app.ops import logs, metrics
 from app.ops.processes import is_alive
 from app.zmq.frames import BYE, HEADER, HELLO, MESSAGES, REPLIES, error_reply, split_request, unpack
@@ -70,7 +70,7 @@ def frame_limit(max_body: int) -> int:
     return FRAME_LIMIT_FACTOR * max_body + 4096
 
 
-class RelayError(Exception):
+class RelayError(StartupError):
     """The relay cannot start: one line saying why (no secrets)."""
 
 

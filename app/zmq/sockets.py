@@ -15,6 +15,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from app.core.errors import StartupError
 from app.ops import metrics
 
 log = logging.getLogger("app.zmq.relay")
@@ -45,7 +46,7 @@ def send_frames(sock: zmq.Socket, parts: list[bytes]) -> None:
         _send(sock, part, _NOBLOCK if index == last else _MORE)
 
 
-class CurveError(Exception):
+class CurveError(StartupError):
     """CURVE cannot be set up: one line naming the file and the problem."""
 
 

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from app.config import Settings
+from app.core.errors import StartupError
 from app.core.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 HEALTHY_AFTER = 10.0  # a relay that lived this long resets the backoff
 
 
-class RelayStartError(Exception):
+class RelayStartError(StartupError):
     """The relay did not come up; ``str()`` is its one-line reason."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from app.config import Settings, settings_from_text
 from tests.support.rabbit import AMQP_HOST, AMQP_PORT
 
-# Short timings so failure scenarios finish in seconds (the defaults are in app/config/__init__.py).
+# Short timings so failure scenarios finish in seconds (the defaults are in app/config/settings.py).
 FAST = """
 NO_OF_CONNECTIOS,3
 POOL_TIMEOUT,1
