@@ -63,7 +63,7 @@ cluster-test: venv services  ## Fault scenarios and a rolling restart against a 
 	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 check-deploy: $(TOOLS)/.installed  ## Render deploy/ (base and overlays) and run checkov on them, offline
-	$(PY) -m pytest tests/test_deploy.py $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit/test_deploy.py $(PYTEST_ARGS)
 
 bench: venv  ## Benchmark the gateway against its baselines (wrk, management API, ...)
 	scripts/ensure-services.sh rabbitmq

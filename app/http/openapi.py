@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 description of the HTTP API, served at ``GET /openapi.json``.
 
-Written by hand, beside the routes it describes: ``tests/test_openapi.py`` keeps
+Written by hand, beside the routes it describes: ``tests/unit/test_openapi.py`` keeps
 its paths and methods in step with the app's, and a schemathesis run against the
 live gateway checks every answer against it.
 """

@@ -2,7 +2,7 @@
 
 The HTTP checks use Flask's test client on an app whose pools are not
 started (no broker needed: every answer here comes before a publish would).
-Publishing with a valid token end to end is in tests/test_ops_e2e.py.
+Publishing with a valid token end to end is in tests/e2e/test_ops_e2e.py.
 """
 
 import json

@@ -15,7 +15,7 @@ from pika.adapters.utils import io_services_utils
 from app.amqp import pika_seam
 from app.amqp.pika_seam import PikaIncompatible, check_pika
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEAM = ROOT / "app" / "amqp" / "pika_seam.py"
 
 

@@ -1,7 +1,7 @@
 """A message fails only itself (issue 13 point 4), against the real RabbitMQ.
 
 ``amq.rabbitmq.reply-to.x.y`` makes RabbitMQ 3.10 close the whole connection
-(541 INTERNAL_ERROR). The ingresses refuse it up front (400, tests/test_flood.py
+(541 INTERNAL_ERROR). The ingresses refuse it up front (400, tests/e2e/test_flood.py
 counts that under load); here it is handed to the gateway below the parser, as
 a message the gateway could not have known about, to check the isolation.
 """

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.lifecycle import Lifecycle, Status
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("flask", "werkzeug", "pika", "gevent", "psycopg2")
 
 # What each process imports first, and what it must not load with it.
