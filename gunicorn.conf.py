@@ -180,12 +180,13 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Worker, app loaded and gevent patched: errors as JSON lines; start the services (and ZeroMQ's ingress)."""
-    from app.http.factory import services_of
     from app.http.master import MASTER
     from app.ops import logs
 
     logs.route_process_errors()
-    services = services_of(worker.wsgi)
+    services = getattr(worker.wsgi, "extensions", {}).get("services")
+    if services is None:
+        return  # another WSGI app under this config (make bench runs its peers so): nothing of ours to start
     from app.amqp.server_cap import CAP
 
     CAP.workers = worker.cfg.workers  # each worker takes its share of MAX_CONNECTIONS_PER_SERVER
@@ -203,7 +204,7 @@ def worker_exit(server, worker):
     from app.http.factory import shutdown
 
     app = getattr(worker, "wsgi", None)  # none if the worker failed to load the app
-    if app is not None:
+    if app is not None and "services" in getattr(app, "extensions", {}):  # not a peer app of make bench
         shutdown(app)
 
 

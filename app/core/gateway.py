@@ -514,5 +514,7 @@ class Gateway:
         self.closing = True
         routes = list(self.routes.values())
         gevent.joinall([gevent.spawn(route.close, timeout) for route in routes], timeout=timeout + 1)
+        # A pool still held by a route being retired (a live change under way) closes too.
+        gevent.joinall([gevent.spawn(pool.close, timeout) for pool in self.endpoints], timeout=timeout + 1)
 
     stop = close  # as a component of the worker's lifecycle
