@@ -26,6 +26,8 @@ from app.config import Servers, Settings
 
 log = logging.getLogger(__name__)
 
+LOGGED_IDS = 10  # ids named in a pool's log lines
+
 
 class User(Protocol):
     """What uses a pool: one connection id's route (hashed by identity)."""
@@ -57,7 +59,7 @@ class EndpointPools:
             pool.start()
             log.info("pool opened for %s", pool.name, extra={"event": "endpoint_opened", "endpoint": pool.name})
         self._users[pool][user] = self._users[pool].get(user, False) or active
-        pool.conn_ids = self.users(pool)
+        pool.conn_ids = self._named_in_logs(pool)
         self._size(pool)
         return pool
 
@@ -74,7 +76,7 @@ class EndpointPools:
         if users is None:
             return
         users.pop(user, None)
-        pool.conn_ids = self.users(pool)
+        pool.conn_ids = self._named_in_logs(pool)
         if users:
             self._size(pool)
             return
@@ -87,6 +89,11 @@ class EndpointPools:
     def users(self, pool: ConnectionPool) -> list[str]:
         """The connection ids using ``pool``, sorted."""
         return sorted({user.conn_id for user in self._users.get(pool, ())})
+
+    def _named_in_logs(self, pool: ConnectionPool) -> list[str]:
+        # A log line names a few of the ids an event touches, not a thousand.
+        ids = self.users(pool)
+        return ids if len(ids) <= LOGGED_IDS else [*ids[:LOGGED_IDS], f"... {len(ids) - LOGGED_IDS} more"]
 
     def __iter__(self) -> Iterator[ConnectionPool]:
         return iter(list(self._pools.values()))

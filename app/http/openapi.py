@@ -28,7 +28,8 @@ _CLIENT_ERRORS = _json(_ERROR, "The request was refused: malformed (400), no or 
                                "unroutable (422), a transfer coding the gateway does not implement (501). Nothing "
                                "of it was published.", _REQUEST_ID)
 _UNAVAILABLE = _json(_ERROR, "No broker of the id can take it now (`broker_unavailable`, `pool_timeout`, "
-                             "`broker_blocked`, `nacked`), or the gateway cannot know whether it was published "
+                             "`broker_blocked`, `connection_cap`, `nacked`), or the gateway cannot know whether it "
+                             "was published "
                              "(`confirm_timeout`, `connection_lost`: retry with the same idempotency key).",
                      _RETRY_AFTER)
 def _raw_body(example: str) -> dict[str, Any]:
