@@ -1,6 +1,9 @@
 """The gateway: one route per connection id, publishing with failover.
 
-A :class:`Route` owns the primary's pool and the backup's. It publishes to
+A :class:`Route` uses the pools of its primary's and its backup's endpoints
+(shared with every id naming the same endpoint: :mod:`app.amqp.endpoints`);
+its group commit, retry budget, queue circuits and nack judgement are its
+own. It publishes to
 the primary while the primary is up, to the backup while the primary is
 down, and back to the primary once the primary's health has risen again
 (see :mod:`app.amqp.health`). A connection lost under a publish is retried once
