@@ -351,12 +351,20 @@ class Route:
         log.warning("%s: connection id %s moves from %s to %s", direction, self.conn_id, previous, role,
                     extra={"event": direction, "conn_id": self.conn_id, "role": role})
 
-    def snapshot(self) -> dict[str, Any]:
-        """Readiness view of this id: state, active broker, each pool; no secrets."""
+    def snapshot(self, pool_views: dict[ConnectionPool, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Readiness view of this id: state, active broker, each pool (from ``pool_views`` if given); no secrets."""
+        views = pool_views or {}
+        view = self.summary()
+        view["brokers"] = {role: {**(views.get(pool) or pool.snapshot()), "endpoint": pool.name}
+                           for role, pool in self.brokers}
+        return view
+
+    def summary(self) -> dict[str, Any]:
+        """This id's own state, its pools by endpoint name only (a pool's view is shared by its ids)."""
         view: dict[str, Any] = {
             "ready": self.ready,
             "active": self.active_role,
-            "brokers": {role: {**pool.snapshot(), "endpoint": pool.name} for role, pool in self.brokers},
+            "brokers": {role: pool.name for role, pool in self.brokers},
         }
         if self.circuits.any_open:
             view["queues_refused"] = self.circuits.open_queues()
@@ -510,7 +518,10 @@ class Gateway:
 
     def status(self) -> Status:
         """Its part of /readyz: every id's state, without secrets."""
-        return Status(self.ready, {conn_id: route.snapshot() for conn_id, route in sorted(self.routes.items())})
+        # Each pool's view once, however many ids share it (1,000 ids, a few pools).
+        pool_views = {pool: pool.snapshot() for pool in self.endpoints}
+        return Status(self.ready, {conn_id: route.snapshot(pool_views)
+                                   for conn_id, route in sorted(self.routes.items())})
 
     def close(self, timeout: float = 2.0) -> None:
         """Close every route's connections cleanly (worker exit); the ids stay known, answered 503."""

@@ -51,8 +51,8 @@ def test_confirm_round_trip_is_observed_per_batch(start_gateway, rabbit):
 def _worker(pid: int, state: str, open_: int, active: str = "primary", error: str | None = None) -> dict:
     pool = {"broker": "amqp://u@h:5672/%2F", "state": state, "open": open_, "idle": open_, "in_use": 0,
             "connecting": 0, "waiting": 0, "longest_wait": 0.1 * pid, "size": 2, "last_error": error}
-    return {"pid": pid, "time": 0, "connections": {"x": {"ready": state == "up", "active": active,
-                                                          "brokers": {"primary": pool}}}}
+    return {"pid": pid, "time": 0, "endpoints": {"ep": {**pool, "ids": ["x"]}},
+            "connections": {"x": {"ready": state == "up", "active": active, "brokers": {"primary": "ep"}}}}
 
 
 def test_merge_sums_counts_and_flags_disagreement():
@@ -63,6 +63,7 @@ def test_merge_sums_counts_and_flags_disagreement():
     assert primary["open"] == 2 and primary["size"] == 4 and primary["state"] == "mixed"
     assert primary["longest_wait"] == pytest.approx(0.2) and primary["last_error"] == "refused"
     assert route["active"] == "mixed" and route["ready"] is False
-    assert primary["workers"]["2"]["state"] == "down"
+    assert primary["workers"]["2"]["state"] == "down" and primary["endpoint"] == "ep"
+    assert view["endpoints"]["ep"]["ids"] == ["x"] and view["endpoints"]["ep"]["open"] == 2
     same = merge([_worker(1, "up", 2), _worker(2, "up", 2)])["connections"]["x"]
     assert same["active"] == "primary" and same["brokers"]["primary"]["state"] == "up" and same["ready"]
