@@ -5,7 +5,9 @@ the local RabbitMQ, in two layouts:
 
 * ``one endpoint``: every id publishes to ``/`` with its backup on one other
   vhost (the ids share two pools);
-* ``4 vhosts``: the ids spread over four primary vhosts, backups on a fifth.
+* ``4 vhosts``: the ids spread over four primary vhosts, backups on a fifth;
+* ``one endpoint, PostgreSQL``: as the first, the ids read from a
+  ``rmq_connections`` table (``USE_DB``) in a database of the run's own.
 
 Measured per run: AMQP connections the broker has from the gateway (asked of
 the broker, after the pools settled), the largest worker RSS, the seconds from
@@ -19,6 +21,7 @@ Run alone: ``.venv/bin/python bench/cost_curves.py`` (prints the table, writes
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -31,7 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # bench/run.py: Server, wrk, counted runs
 
 COUNTS = (1, 10, 100, 1000)
-LAYOUTS = ("one endpoint", "4 vhosts")
+LAYOUTS = ("one endpoint", "4 vhosts", "one endpoint, PostgreSQL")
+PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("BENCH_PG_USER", "postgres"),
+            "password": os.environ.get("BENCH_PG_PASSWORD", "postgres"), "dbname": "postgres"}
+PG_DB = "bench_cost_curves"
 VHOSTS = [f"bench-cost-{n}" for n in range(5)]  # four primaries, one backup
 SETTLE_SECONDS = 3.0
 
@@ -57,20 +63,68 @@ def gateway_connections() -> int:
     return sum(1 for line in listing.splitlines() if "amqp-publish-gateway" in line)
 
 
-def config(ids: int, layout: str) -> str:
+def connection_rows(ids: int, layout: str) -> list[tuple[str, str, str]]:
+    """(id, primary, backup) of each id; the measured one, "bench", publishes to "/" (bench/run.py's queue)."""
     backup = f"guest:guest@127.0.0.1:5672/{quote(VHOSTS[4], safe='')}"
-    lines = ["NO_OF_CONNECTIOS,5", "LOG_LEVEL,WARNING", f"MAX_CONNECTION_IDS,{max(ids, 100)}"]
+    rows = []
     for i in range(ids):
-        conn_id = "bench" if i == 0 else f"bench{i}"
-        # The measured id, "bench", always publishes to "/" (where bench/run.py's queue is).
-        vhost = "" if layout == "one endpoint" or i % 4 == 0 else quote(VHOSTS[i % 4], safe="")
-        lines.append(f"RMQ_CONN_STR,{conn_id},guest:guest@127.0.0.1:5672/{vhost},{backup}")
+        vhost = "" if layout != "4 vhosts" or i % 4 == 0 else quote(VHOSTS[i % 4], safe="")
+        rows.append(("bench" if i == 0 else f"bench{i}", f"guest:guest@127.0.0.1:5672/{vhost}", backup))
+    return rows
+
+
+def config(ids: int, layout: str) -> str:
+    lines = ["NO_OF_CONNECTIOS,5", "LOG_LEVEL,WARNING", f"MAX_CONNECTION_IDS,{max(ids, 100)}"]
+    if layout.endswith("PostgreSQL"):
+        load_table(connection_rows(ids, layout))
+        lines += ["USE_DB,true", f"DB_NAME,{PG_DB}", f"DB_USERNAME,{PG_ADMIN['user']}", "DB_HOST_ADDRESS,127.0.0.1",
+                  "DB_PORT,5432"]
+    else:
+        lines += [f"RMQ_CONN_STR,{conn_id},{primary},{backup}" for conn_id, primary, backup in
+                  connection_rows(ids, layout)]
     return "\n".join(lines) + "\n"
 
 
+def _pg(dbname: str = "postgres") -> Any:
+    import psycopg2
+
+    conn = psycopg2.connect(**{**PG_ADMIN, "dbname": dbname}, connect_timeout=5)
+    conn.autocommit = True
+    return conn
+
+
+def make_database() -> None:
+    drop_database()
+    conn = _pg()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {PG_DB} TEMPLATE template0")
+    conn.close()
+    conn = _pg(PG_DB)
+    with conn.cursor() as cur:
+        cur.execute((bench.REPO / "config" / "schema.sql").read_text())
+    conn.close()
+
+
+def drop_database() -> None:
+    conn = _pg()
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {PG_DB}")
+    conn.close()
+
+
+def load_table(rows: list[tuple[str, str, str]]) -> None:
+    conn = _pg(PG_DB)
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM rmq_connections")
+        cur.executemany("INSERT INTO rmq_connections (connection_id, primary_url, backup_url) VALUES (%s, %s, %s)",
+                        rows)
+    conn.close()
+
+
 def one_run(ids: int, layout: str) -> dict[str, Any]:
+    cfg = config(ids, layout)
     started = time.monotonic()
-    with bench.Server(config(ids, layout), workers=2) as server:
+    with bench.Server(cfg, workers=2) as server:
         ready_s = time.monotonic() - started
         time.sleep(SETTLE_SECONDS)  # fillers and health checks reach their steady state
         connections = gateway_connections()
@@ -85,13 +139,17 @@ def one_run(ids: int, layout: str) -> dict[str, Any]:
 
 
 def bench_cost_curves() -> list[dict[str, Any]]:
-    """Every (layout, count) run, the vhosts made before and deleted after."""
+    """Every (layout, count) run, the vhosts and the database made before and removed after."""
     delete_vhosts()
     make_vhosts()
+    make_database()
+    os.environ["GATEWAY_DB_PASSWORD"] = PG_ADMIN["password"]  # bench.Server passes the environment on
     try:
         return [one_run(ids, layout) for layout in LAYOUTS for ids in COUNTS]
     finally:
+        del os.environ["GATEWAY_DB_PASSWORD"]
         delete_vhosts()
+        drop_database()
 
 
 def table(rows: list[dict[str, Any]]) -> str:
