@@ -157,7 +157,7 @@ class ConnectionPool:
                 conn = self._idle.pop()
                 if conn.usable:
                     self._in_use += 1
-                    self._held[holder] = self._held.get(holder, 0) + 1
+                    self._hold(holder, 1)
                     return conn
                 self._discard(conn, conn.lost_reason or "found dead in the pool")
             if self.health.is_down:
@@ -171,7 +171,7 @@ class ConnectionPool:
             if total < self.size or (total < self.size + self.max_overflow and now >= overflow_at):
                 opened = self._open_for_caller(min(self.settings.connect_timeout, max(deadline - now, 0.05)))
                 if opened is not None:
-                    self._held[holder] = self._held.get(holder, 0) + 1
+                    self._hold(holder, 1)
                     return opened
                 if self.capped is not None and self.open_count == 0:
                     raise ConnectionCapReached(self.capped.detail)  # no connection of ours will come back
@@ -226,11 +226,7 @@ class ConnectionPool:
     def release(self, conn: BrokerConnection, holder: str = "") -> None:
         """Take a connection back: reuse it, or close it if failed, expired or overflow."""
         self._in_use -= 1
-        held = self._held.get(holder, 0) - 1
-        if held > 0:
-            self._held[holder] = held
-        else:
-            self._held.pop(holder, None)
+        self._hold(holder, -1)
         if self._closed:
             self._spawn_close(conn)
         elif not conn.usable:
@@ -263,11 +259,18 @@ class ConnectionPool:
             waiter = self._next_waiter()
             if not waiter.ready():
                 self._in_use += 1
-                holder = self._waiter_holder.get(waiter, "")
-                self._held[holder] = self._held.get(holder, 0) + 1
+                self._hold(self._waiter_holder.get(waiter, ""), 1)
                 waiter.set(conn)
                 return
         self._idle.append(conn)
+
+    def _hold(self, holder: str, change: int) -> None:
+        """Count a connection lent to (1) or returned by (-1) ``holder``."""
+        held = self._held.get(holder, 0) + change
+        if held > 0:
+            self._held[holder] = held
+        else:
+            self._held.pop(holder, None)
 
     def _next_waiter(self) -> AsyncResult:
         """The waiter to hand a returned connection to: of the holder that holds fewest now, first come first.

@@ -114,12 +114,14 @@ class Route:
         if self.closed:
             return
         self.closed = True
-        brokers = self.brokers
-        for _, pool in brokers:
+        for _, pool in self.brokers:
             pool.health.unsubscribe(self._on_health_change)
-        distinct = list({id(pool): pool for _, pool in brokers}.values())
-        gevent.joinall([gevent.spawn(self.endpoints.detach, pool, self, timeout) for pool in distinct],
+        gevent.joinall([gevent.spawn(self.endpoints.detach, pool, self, timeout) for pool in self._distinct_pools()],
                        timeout=timeout + 1)
+
+    def _distinct_pools(self) -> list[ConnectionPool]:
+        """Each pool once (a primary and a backup naming the same endpoint share one)."""
+        return list({id(pool): pool for _, pool in self.brokers}.values())
 
     def candidates(self) -> list[tuple[str, ConnectionPool]]:
         """(role, pool) in the order to try: a healthy primary first, else a healthy backup first."""
@@ -339,7 +341,7 @@ class Route:
             return
         previous, self.active_role = self.active_role, role
         # The pool published to is kept full, the other warm (the primary while nothing is up).
-        for pool in {id(pool): pool for _, pool in self.brokers}.values():
+        for pool in self._distinct_pools():
             self.endpoints.set_active(pool, self, any(
                 p is pool and r == (role or "primary") for r, p in self.brokers))
         if previous is None or role is None:
@@ -475,19 +477,18 @@ class Gateway:
         flushers, once confirmed or failed. Nothing here blocks.
         """
         deadline = time.monotonic() + self.settings.publish_timeout
-        by_id: dict[str, list[Waiting]] = {}
+        by_id: dict[str, tuple[Route, list[Waiting]]] = {}
         for index, (conn_id, queue, body) in enumerate(messages):
-            waiting = by_id.get(conn_id)
-            if waiting is None:
+            found = by_id.get(conn_id)
+            if found is None:
                 try:
-                    self.route(conn_id)
+                    found = by_id[conn_id] = (self.route(conn_id), [])
                 except GatewayError as exc:
                     answer(index, exc)
                     continue
-                waiting = by_id[conn_id] = []
-            waiting.append(Waiting(queue, body, deadline, partial(answer, index)))
-        for conn_id, waiting in by_id.items():
-            self.routes[conn_id].commit.add_many(waiting)
+            found[1].append(Waiting(queue, body, deadline, partial(answer, index)))
+        for route, waiting in by_id.values():
+            route.commit.add_many(waiting)
 
     def publish_all(self, messages: Sequence[Addressed]) -> list[Outcome]:
         """Publish messages of any ids and wait for them all; one outcome per message, in order."""
