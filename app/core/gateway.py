@@ -148,10 +148,12 @@ class Route:
             return self._fill(outcomes, todo, gone, {})
         if self.circuits.any_open:
             todo = self._refuse_open_queues(messages, todo, outcomes)
-        # Sent, then the connection died before the confirm: the broker may
-        # have them, so their answer stays "cannot know" whatever the retries
-        # that follow run into (a refused reconnect is no news about them).
-        uncertain: dict[int, ConnectionLost] = {}
+        # Sent, then the connection died before the confirm, or nacked and
+        # retried: the broker may have them (RabbitMQ nacks what a dying queue
+        # replica may still commit), so their answer stays "cannot know"
+        # whatever the retries that follow run into (a refused reconnect is no
+        # news about them).
+        uncertain: dict[int, Unavailable] = {}
         nack_retried: dict[int, float] = {}  # retried after a nack streak -> when that streak began
         last_error: GatewayError = BrokerUnavailable(f"no broker of {self.conn_id!r} is reachable")
         self.retry_budget.deposit()
@@ -191,23 +193,25 @@ class Route:
                     last_error = self._named(exc, role)
                     break
                 lost_here: list[int] = []  # the connection died under these
+                closed_over: int | None = None  # ... because the broker closed it (this reply code) over one
                 renacked: list[int] = []  # nacked by a connection now retired: once more, elsewhere
                 for index, outcome in zip(todo, results, strict=True):
                     if isinstance(outcome, ConnectionLost):
                         lost_here.append(index)
                         uncertain[index] = last_error = outcome
-                    elif index in renack:
+                        closed_over = outcome.refused_code if closed_over is None else closed_over
+                    elif index in renack and isinstance(outcome, PublishNacked):
                         renacked.append(index)
-                        last_error = outcome or last_error
-                        outcomes[index] = outcome
+                        uncertain[index] = outcomes[index] = outcome
                     else:
                         outcomes[index] = outcome
                 retry = sorted(lost_here + renacked)  # in the order sent
-                if any(uncertain[i].refused_code is not None for i in lost_here):
+                if closed_over is not None:
                     # The broker closed the connection over one of these: find
                     # which before retrying the others (a message fails only itself);
                     # nacks of a retired connection are retried once as they are.
-                    retry = renacked + self._isolate(role, pool, messages, lost_here, deadline, outcomes, uncertain)
+                    retry = renacked + self._isolate(role, pool, messages, lost_here, closed_over, deadline,
+                                                     outcomes, uncertain)
                     attempts -= 1  # every such round answers one message for good: it ends
                 elif retry:
                     retrying = True
@@ -260,7 +264,8 @@ class Route:
         return blamed
 
     def _isolate(self, role: str, pool: ConnectionPool, messages: Sequence[Message], suspects: list[int],
-                 deadline: float, outcomes: list[Outcome], uncertain: dict[int, ConnectionLost]) -> list[int]:
+                 code: int, deadline: float, outcomes: list[Outcome],
+                 uncertain: dict[int, Unavailable]) -> list[int]:
         """Find the message the broker closed a connection over; what is left to publish as usual.
 
         Alone among the unconfirmed, it is the culprit. Otherwise each suspect is
@@ -270,7 +275,6 @@ class Route:
         rest go back to the ordinary path once the culprit is found, or at any
         other trouble (a plain connection loss, no connection, the deadline).
         """
-        code = uncertain[suspects[0]].refused_code
         if len(suspects) > 1:
             log.warning("the broker closed a connection (%s) under %d publish(es) of %s on %s; publishing them one "
                         "by one", code, len(suspects), self.conn_id, pool.name,
@@ -329,7 +333,7 @@ class Route:
 
     @staticmethod
     def _fill(outcomes: list[Outcome], todo: list[int], error: GatewayError,
-              uncertain: dict[int, ConnectionLost]) -> list[Outcome]:
+              uncertain: dict[int, Unavailable]) -> list[Outcome]:
         for index in todo:
             outcomes[index] = uncertain.get(index, error)
         return outcomes

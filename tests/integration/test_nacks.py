@@ -87,3 +87,28 @@ def test_a_full_queue_nacks_without_churning_connections(start_gateway, rabbit, 
     assert events.count("nacked") <= 2
     gw.publish("a", ok, b"fine")  # the rest of the id is untouched
     assert rabbit.bodies(ok) == [b"fine"]
+
+
+def test_a_nacked_message_whose_retry_finds_no_broker_keeps_its_nack(start_gateway, rabbit, proxy):
+    """Sent and nacked, then no broker for the retry: the answer stays "nacked", never "not sent".
+
+    RabbitMQ can nack a message that a dying quorum replica still commits (seen
+    once in a whole-cluster kill): the first attempt may be in the queue, so the
+    retry's "no broker" must not become the message's answer.
+    """
+    queue = rabbit.queue()
+    gw = start_gateway(make_settings({"a": broker(proxy.port)},
+                                     "NO_OF_CONNECTIOS,1\nPOOL_MAX_OVERFLOW,0\nNACK_RETIRE_AFTER,1"))
+    pool = gw.route("a").pools[0]
+    wait_until(lambda: pool.open_count == 1, 5)
+    broken = pool._idle[0]
+
+    def nack_and_cut(entry, _nacked):
+        BrokerConnection._settle(broken, entry, True)  # the broker took it; the answer says nack
+        proxy.refuse()  # and no broker for the retry
+
+    broken._settle = nack_and_cut
+    with pytest.raises(PublishNacked):
+        gw.publish("a", queue, b"sent once")
+    assert broken.retired
+    assert rabbit.bodies(queue) == [b"sent once"]  # why "nacked" is the honest answer here

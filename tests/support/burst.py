@@ -129,14 +129,29 @@ class Burst:
         return min(times) - moment if times else None
 
 
-def account(burst: Burst, *queues: list[bytes]) -> dict[str, int]:
-    """Count: every OK must be found; report lost, duplicated and falsely refused."""
+# The answers that mean "cannot know": sent, and then the connection died (or
+# the confirm never came). Such a message may be in the queue.
+CANNOT_KNOW = frozenset({"confirm_timeout", "connection_lost"})
+
+
+def account(burst: Burst, *queues: list[bytes], cannot_know: frozenset[str] = CANNOT_KNOW) -> dict:
+    """Count: every OK must be found; report lost, duplicated and falsely refused.
+
+    ``refused_but_delivered`` counts the messages found in a queue whose answer
+    was neither an OK nor one of ``cannot_know`` (nor a client-side ``io:``
+    error); ``delivered_by_code`` breaks every refused-but-found message down by
+    its answer, allowed or not, for the failure message.
+    """
     found: dict[int, int] = {}
     for bodies in queues:
         for body in bodies:
             seq = int(body)
             found[seq] = found.get(seq, 0) + 1
     lost = [seq for seq in burst.ok if seq not in found]
+    delivered_by_code: dict[str, int] = {}
+    for seq, (_, code) in burst.errors.items():
+        if seq in found:
+            delivered_by_code[code] = delivered_by_code.get(code, 0) + 1
     return {
         "sent": burst.sent,
         "acknowledged": len(burst.ok),
@@ -144,7 +159,7 @@ def account(burst: Burst, *queues: list[bytes]) -> dict[str, int]:
         "lost": len(lost),
         "duplicated": sum(n - 1 for n in found.values() if n > 1),
         # Refused but delivered: allowed only for answers that mean "cannot know".
-        "refused_but_delivered": sum(1 for seq, (_, code) in burst.errors.items()
-                                     if seq in found and code not in ("confirm_timeout", "connection_lost")
-                                     and not code.startswith("io:")),
+        "refused_but_delivered": sum(n for code, n in delivered_by_code.items()
+                                     if code not in cannot_know and not code.startswith("io:")),
+        "delivered_by_code": delivered_by_code,
     }
