@@ -138,7 +138,12 @@ class BrokerConnection:
         self._id_prefix_bytes = self._id_prefix.encode()
         self._conn: PikaConnection | None = None
         self._holds_slot = False  # of the per-server cap: given back once closed
-        self._channel: pika.channel.Channel | None = None
+        self._channel: pika.channel.Channel | None = None  # in confirm mode; None while (re)opening
+        self._reader: ConfirmReader | None = None
+        # Set while no channel is being reopened (see _on_channel_closed).
+        self._channel_ready = Event()
+        self._channel_ready.set()
+        self.channel_reopens = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._tag = 0
         self._closed = Event()
@@ -155,6 +160,8 @@ class BrokerConnection:
         self.on_lost: Callable[[BrokerConnection, str], None] | None = None
         # Told (in the hub) when the broker blocks or unblocks it: on_blocked(conn, blocked).
         self.on_blocked: Callable[[BrokerConnection, bool], None] | None = None
+        # Told (in the hub) when the broker closed its channel and a new one is opened.
+        self.on_channel_reopen: Callable[[BrokerConnection], None] | None = None
 
     # -- opening -----------------------------------------------------------
 
@@ -209,14 +216,20 @@ class BrokerConnection:
         assert self._conn is not None
         self._conn.add_on_connection_blocked_callback(self._on_blocked)
         self._conn.add_on_connection_unblocked_callback(self._on_unblocked)
+        self._open_channel(lambda: ready.set(True))
+
+    def _open_channel(self, on_ready: Callable[[], None]) -> None:
+        """Open a channel and select confirms; it becomes the connection's channel once it confirms."""
+        assert self._conn is not None
 
         def on_channel(channel: pika.channel.Channel) -> None:
-            self._channel = channel
             channel.add_on_close_callback(self._on_channel_closed)
             channel.add_on_return_callback(self._on_return)
+
             def on_confirm_mode(_frame: object) -> None:
                 self._take_over_confirms(channel.channel_number)
-                ready.set(True)
+                self._channel = channel
+                on_ready()
 
             channel.confirm_delivery(self._on_confirm, callback=on_confirm_mode)
 
@@ -228,10 +241,15 @@ class BrokerConnection:
         # From now on the broker's bytes pass through a ConfirmReader, which
         # handles this channel's acks and nacks itself and hands every other
         # frame to pika. Acks that pika still sees (read with this very frame)
-        # arrive through _on_confirm.
+        # arrive through _on_confirm. A reopened channel keeps the reader (it
+        # may hold part of a frame): only the channel it watches changes.
         conn = self._conn
         assert conn is not None
-        conn.read_first(ConfirmReader(channel_number, self._confirmed, conn.pika_feed, conn.count_received).feed)
+        if self._reader is not None:
+            self._reader.channel = channel_number
+            return
+        self._reader = ConfirmReader(channel_number, self._confirmed, conn.pika_feed, conn.count_received)
+        conn.read_first(self._reader.feed)
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method
@@ -283,11 +301,35 @@ class BrokerConnection:
         if self.on_blocked is not None:
             self.on_blocked(self, False)
 
-    def _on_channel_closed(self, _channel: object, reason: BaseException) -> None:
-        # The one channel is the connection's purpose: without it, retire the connection.
-        self._mark_lost(f"channel closed: {describe_exception(reason)}", _refused_code(reason))
-        if self._conn is not None and self._conn.is_open:
-            self._conn.close()
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        refused = _refused_code(reason)
+        conn = self._conn
+        if (channel is self._channel and isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+                and refused is not None and conn is not None and conn.is_open
+                and not self.closing and self.lost_reason is None):
+            # The broker closed the channel over something it was sent (an
+            # unknown exchange, a refused property): the messages in flight on
+            # it are answered, and the connection lives on with a new channel.
+            self._reopen_channel(f"channel closed: {describe_exception(reason)}", refused)
+            return
+        # Closed any other way (or while reopening): the channel is the
+        # connection's purpose, so without it the connection is retired.
+        self._mark_lost(f"channel closed: {describe_exception(reason)}", refused)
+        if conn is not None and conn.is_open:
+            conn.close()
+
+    def _reopen_channel(self, reason: str, refused_code: int) -> None:
+        self._channel = None
+        self._channel_ready.clear()
+        self.channel_reopens += 1
+        self._fail_pending(reason, refused_code)
+        self._tag = 0  # a new channel counts its delivery tags from 1
+        self.nack_streak = 0
+        log.warning("%s: %s; reopening the channel", self.name, reason,
+                    extra={"event": "channel_reopen", "reply_code": refused_code, **self.log_fields})
+        if self.on_channel_reopen is not None:
+            self.on_channel_reopen(self)
+        self._open_channel(self._channel_ready.set)
 
     def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
         self._mark_lost(describe_exception(reason), _refused_code(reason))
@@ -299,6 +341,11 @@ class BrokerConnection:
             self.lost_reason = reason
             if self.on_lost is not None and not self.closing:
                 self.on_lost(self, reason)
+        self._channel_ready.set()  # no reopen to wait for any more
+        self._fail_pending(reason, refused_code)
+
+    def _fail_pending(self, reason: str, refused_code: int | None) -> None:
+        # Sent, never confirmed: "cannot know" (the gateway isolates or retries them).
         pending, self._pending = self._pending, OrderedDict()
         for entry in pending.values():
             entry.batch.settle(entry.index, ConnectionLost(f"{self.name}: {reason}", refused_code))
@@ -357,7 +404,23 @@ class BrokerConnection:
                     del self._pending[tag_]
                     batch.settle(entry.index, ConfirmTimeout(
                         f"{self.name} did not confirm within {timeout:g}s"))
+        elif not self._channel_ready.is_set():
+            # The broker closed the channel under this batch: hold the
+            # connection until its new channel is ready (a round trip), so the
+            # pool gets it back usable rather than dropping it.
+            self._await_channel()
         return batch.outcomes
+
+    def ready_for_use(self) -> bool:
+        """Usable, once a channel the broker closed is reopened (a round trip; the pool lends through this)."""
+        if not self._channel_ready.is_set():
+            self._await_channel()
+        return self.usable
+
+    def _await_channel(self) -> None:
+        if not self._channel_ready.wait(self._settings.connect_timeout) and self.lost_reason is None:
+            self._mark_lost(f"channel not reopened within {self._settings.connect_timeout:g}s")
+            self.abort()
 
     def _write(self, data: bytes) -> None:
         conn = self._conn

@@ -155,7 +155,7 @@ class ConnectionPool:
                 raise BrokerUnavailable("pool is closed")
             while self._idle and not self._blocked:
                 conn = self._idle.pop()
-                if conn.usable:
+                if conn.ready_for_use():
                     self._in_use += 1
                     self._hold(holder, 1)
                     return conn
@@ -369,6 +369,7 @@ class ConnectionPool:
         self._members.add(conn)
         conn.on_lost = self._on_connection_lost
         conn.on_blocked = self._on_connection_blocked
+        conn.on_channel_reopen = self._on_channel_reopen
         conn.log_fields = self._fields(server)
         metrics.CONNECTION_EVENTS.labels(*self._labels, "opened").inc()
         if self.settings.max_age > 0:
@@ -413,6 +414,9 @@ class ConnectionPool:
                      extra={"event": "connection_lost", **conn.log_fields})
             self._update_gauges()
         self._wanted.set()
+
+    def _on_channel_reopen(self, _conn: BrokerConnection) -> None:
+        metrics.CONNECTION_EVENTS.labels(*self._labels, "channel_reopened").inc()
 
     def _on_connection_blocked(self, conn: BrokerConnection, blocked: bool) -> None:
         # Runs in the gevent hub.

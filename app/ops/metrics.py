@@ -74,7 +74,8 @@ class PublishTally:
 
 CONNECTION_EVENTS = Counter(
     "gateway_connection_events_total",
-    "AMQP connection events: opened, failed (to open), lost, recycled, closed.",
+    "AMQP connection events: opened, failed (to open), lost, recycled, closed, "
+    "channel_reopened (the broker closed its channel over a message).",
     ["endpoint", "event"],
 )
 PUBLISH_RETRIES = Counter(

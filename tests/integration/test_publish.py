@@ -2,6 +2,7 @@
 
 import gevent
 import pytest
+from prometheus_client import REGISTRY
 
 from app.core.errors import BrokerUnavailable, UnknownConnection, Unroutable
 from tests.support.settings import broker, make_settings
@@ -98,3 +99,47 @@ def test_message_ids_differ_between_workers_forked_after_import():
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read_end, 64).decode() not in ("", parent)
+
+
+def test_a_channel_the_broker_closes_is_reopened_on_the_same_connection(start_gateway, rabbit):
+    """A publish the broker closes the channel over (404 no such exchange) costs a channel, not the connection.
+
+    The bad publish goes onto the pooled connection's channel first, the batch
+    right behind it: the broker drops the batch with the channel, so each of its
+    messages is answered "connection lost, refused 404" (cannot know; the
+    gateway isolates such messages, tests/integration/test_poison.py). The
+    connection opens a new channel at once and the next batch is confirmed on it.
+    """
+    gw = start_gateway(make_settings({"a": broker()}, "NO_OF_CONNECTIOS,1\nPOOL_MAX_OVERFLOW,0"))
+    pool = gw.route("a").pools[0]
+    wait_until(lambda: pool.open_count == 1, 5)
+    queue = rabbit.queue()
+    conn = pool.acquire(2)
+    try:
+        pika_conn, old_channel = conn._conn, conn._channel
+        old_channel.basic_publish("test.no.such.exchange", queue, b"poison")
+        lost = conn.publish_batch([(queue, b"dropped %d" % i) for i in range(10)], 5)
+        assert {(o.code, o.refused_code) for o in lost} == {("connection_lost", 404)}, lost
+        assert conn.usable and conn.channel_reopens == 1  # publish_batch waited for the new channel
+        assert conn._conn is pika_conn and conn._channel is not old_channel
+        assert conn.publish_batch([(queue, b"kept %d" % i) for i in range(10)], 5) == [None] * 10
+    finally:
+        pool.release(conn)
+    gw.publish("a", queue, b"through the pool")
+    assert pool.open_count == 1
+    assert sorted(rabbit.bodies(queue)) == sorted([b"kept %d" % i for i in range(10)] + [b"through the pool"])
+
+
+def test_a_channel_closed_while_idle_is_reopened_before_it_is_lent(start_gateway, rabbit):
+    gw = start_gateway(make_settings({"a": broker()}, "NO_OF_CONNECTIOS,1\nPOOL_MAX_OVERFLOW,0"))
+    pool = gw.route("a").pools[0]
+    wait_until(lambda: pool.open_count == 1, 5)
+    idle = pool._idle[0]
+    reopened = {"endpoint": pool._labels[0], "event": "channel_reopened"}
+    before = REGISTRY.get_sample_value("gateway_connection_events_total", reopened) or 0
+    idle._channel.basic_publish("test.no.such.exchange", "q", b"poison")
+    queue = rabbit.queue()
+    gw.publish("a", queue, b"after")  # lent once its new channel confirms, or waited for
+    assert list(pool._idle) == [idle] and idle.channel_reopens == 1
+    assert rabbit.bodies(queue) == [b"after"]
+    assert REGISTRY.get_sample_value("gateway_connection_events_total", reopened) == before + 1
