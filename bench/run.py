@@ -18,7 +18,9 @@ the same machine, never against a stored number:
 6. throughput by pool size and workers, and a worker's memory with
    10 connection ids x 5 connections;
 7. cost curves: broker connections, worker RSS, time to ready and latency
-   with 1, 10, 100 and 1,000 connection ids (``bench/cost_curves.py``).
+   with 1, 10, 100 and 1,000 connection ids (``bench/cost_curves.py``);
+8. classic against quorum queues (``bench/queue_types.py``), and N AMQP
+   connections x M channels publishing the same window (``bench/channels.py``).
 
 The HTTP figures (1, 2, 4) come from ``BENCH_ROUNDS`` (3) interleaved rounds:
 each round runs every contender once, one after the other, and each figure is
@@ -362,14 +364,23 @@ def bench_zmq() -> dict[str, Any] | None:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def bench_queue_types() -> dict[str, Any]:
-    """Classic against quorum queues, one node and the three-node cluster (bench/queue_types.py)."""
-    done = subprocess.run([PYTHON, str(REPO / "bench" / "queue_types.py"), "--rounds", "2"], cwd=REPO,
-                          capture_output=True, text=True)
+def _script_json(script: str, *args: str) -> dict[str, Any]:
+    """Run ``bench/<script>``, which prints one JSON line last; its error instead if it fails."""
+    done = subprocess.run([PYTHON, str(REPO / "bench" / script), *args], cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
-        log(f"queue types bench failed: {done.stderr[-1000:]}")
+        log(f"{script} failed: {done.stderr[-1000:]}")
         return {"error": done.stderr[-500:]}
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def bench_queue_types() -> dict[str, Any]:
+    """Classic against quorum queues, one node and the three-node cluster (bench/queue_types.py)."""
+    return _script_json("queue_types.py", "--rounds", "2")
+
+
+def bench_channels() -> dict[str, Any]:
+    """N connections x M channels publishing with confirms, raw pika (bench/channels.py)."""
+    return _script_json("channels.py", "--rounds", "2")
 
 
 def bench_scaling() -> list[dict[str, Any]]:
@@ -473,6 +484,10 @@ def table(results: dict[str, Any]) -> str:
             f = q[where]
             rows += [f"Confirmed publishing, one pika connection, {where.replace('_', ' ')}: classic "
                      f"{f['classic']} msg/s, quorum {f['quorum']} msg/s ({f['quorum_over_classic']:.2f}x)."]
+    layouts = (results.get("channels") or {}).get("msg_per_s")
+    if layouts:
+        rows += ["", "| connections x channels (raw pika, 2,000 in flight in all) | msg/s |", "|---|---|"]
+        rows += [f"| {layout} | {rate:,.0f} |" for layout, rate in layouts.items()]
     return "\n".join(rows)
 
 
@@ -525,6 +540,7 @@ def main() -> None:
     results["scaling"] = bench_scaling()
     log("memory"); results["memory"] = bench_memory()  # noqa: E702
     log("classic and quorum queues"); results["queue_types"] = bench_queue_types()  # noqa: E702
+    log("connections x channels"); results["channels"] = bench_channels()  # noqa: E702
     import cost_curves  # bench/cost_curves.py (it imports this module for its helpers)
 
     log("cost curves: 1 to 1,000 connection ids"); results["cost_curves"] = cost_curves.bench_cost_curves()  # noqa: E702
