@@ -25,9 +25,9 @@ import itertools
 import logging
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import gevent
 import pika
@@ -38,7 +38,7 @@ from pika.adapters.utils import connection_workflow
 
 from app.amqp.pika_seam import PikaConnection, io_services
 from app.amqp.server_cap import CAP
-from app.amqp.wire import ConfirmReader, publish_frames
+from app.amqp.wire import ConfirmReader, encode_properties, publish_frames, publish_frames_to
 from app.config import BrokerAddress, Settings, tls_context
 from app.core.errors import (
     BrokerBlocked,
@@ -53,7 +53,27 @@ from app.ops.processes import process_token
 
 log = logging.getLogger(__name__)
 
-Message = tuple[str, bytes]  # (queue, body)
+
+
+class Envelope(NamedTuple):
+    """A message to any exchange with properties of its own; the plain message is ``(queue, body)``.
+
+    ``key`` stands where a plain message has its queue, for what judges a
+    destination (queue circuits, nack fate): ``<exchange>/<routing key>``.
+    ``properties`` are validated (app.core.message) and encodable
+    (app.amqp.wire.PROPERTIES); the gateway adds delivery mode, message id and
+    timestamp where they are not set. ``mandatory`` None: the ``MANDATORY`` setting.
+    """
+
+    key: str
+    body: bytes
+    exchange: str
+    routing_key: str
+    properties: Mapping[str, Any]
+    mandatory: bool | None = None
+
+
+Message = tuple[str, bytes] | Envelope  # (queue, body) to the default exchange, or an Envelope
 Outcome = GatewayError | None
 
 # Message ids are "<process>.<connection>.<delivery tag>": unique across
@@ -90,6 +110,11 @@ def connection_parameters(address: BrokerAddress, settings: Settings, name: str)
 CONNECTION_FORCED = 320  # the broker shuts down, or an operator closed the connection: nobody's message
 
 
+def _reply_text(reason: BaseException) -> str:
+    """What the broker said when it closed the channel or connection itself ("NOT_FOUND - no exchange ...")."""
+    return str(getattr(reason, "reply_text", "") or "")[:300]
+
+
 def _refused_code(reason: BaseException) -> int | None:
     """The reply code when the broker itself closed the connection or channel over what it was sent."""
     if isinstance(reason, (pika.exceptions.ConnectionClosedByBroker, pika.exceptions.ChannelClosedByBroker)):
@@ -116,11 +141,12 @@ class _Batch:
 
 
 class _Pending:
-    __slots__ = ("batch", "index", "returned")
+    __slots__ = ("batch", "index", "own_id", "returned")
 
-    def __init__(self, batch: _Batch, index: int):
+    def __init__(self, batch: _Batch, index: int, own_id: str | None = None):
         self.batch = batch
         self.index = index
+        self.own_id = own_id  # the producer's message id, when it set one
         self.returned = False
 
 
@@ -145,6 +171,9 @@ class BrokerConnection:
         self._channel_ready.set()
         self.channel_reopens = 0
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        # Delivery tags in flight under a producer's own message id, oldest first:
+        # a basic.return names only the message id, and RabbitMQ returns in publish order.
+        self._own_ids: dict[str, deque[int]] = {}
         self._tag = 0
         self._closed = Event()
         self.lost_reason: str | None = None
@@ -269,6 +298,8 @@ class BrokerConnection:
                 self._settle(entry, nacked)
 
     def _settle(self, entry: _Pending, nacked: bool) -> None:
+        if entry.own_id is not None:
+            self._forget_own_id(entry)
         if nacked:
             outcome: Outcome = PublishNacked("the broker refused the message (nack)")
             if not self.nack_streak:
@@ -279,13 +310,32 @@ class BrokerConnection:
             outcome = Unroutable("no queue is bound to that routing key") if entry.returned else None
         entry.batch.settle(entry.index, outcome)
 
+    def _forget_own_id(self, entry: _Pending) -> None:
+        # Settled tags leave the front (confirms come mostly in order); one
+        # settled out of order goes once those before it have.
+        own_id = entry.own_id or ""
+        tags = self._own_ids.get(own_id)
+        if tags is None:
+            return
+        while tags and tags[0] not in self._pending:
+            tags.popleft()
+        if not tags:
+            del self._own_ids[own_id]
+
     def _on_return(self, _channel: object, _method: object, properties: spec.BasicProperties, _body: bytes) -> None:
         # RabbitMQ sends basic.return before the ack of the same message.
         message_id = properties.message_id or ""
-        if message_id.startswith(self._id_prefix):
+        if message_id.startswith(self._id_prefix) and message_id[len(self._id_prefix):].isdigit():
             entry = self._pending.get(int(message_id[len(self._id_prefix):]))
             if entry is not None:
                 entry.returned = True
+            return
+        # The producer's own id: the oldest message in flight under it not yet returned.
+        for tag in self._own_ids.get(message_id, ()):
+            entry = self._pending.get(tag)
+            if entry is not None and not entry.returned:
+                entry.returned = True
+                return
 
     def _on_blocked(self, _conn: object, _frame: object) -> None:
         self.blocked = True
@@ -310,7 +360,7 @@ class BrokerConnection:
             # The broker closed the channel over something it was sent (an
             # unknown exchange, a refused property): the messages in flight on
             # it are answered, and the connection lives on with a new channel.
-            self._reopen_channel(f"channel closed: {describe_exception(reason)}", refused)
+            self._reopen_channel(f"channel closed: {describe_exception(reason)}", refused, _reply_text(reason))
             return
         # Closed any other way (or while reopening): the channel is the
         # connection's purpose, so without it the connection is retired.
@@ -318,11 +368,11 @@ class BrokerConnection:
         if conn is not None and conn.is_open:
             conn.close()
 
-    def _reopen_channel(self, reason: str, refused_code: int) -> None:
+    def _reopen_channel(self, reason: str, refused_code: int, refused_text: str) -> None:
         self._channel = None
         self._channel_ready.clear()
         self.channel_reopens += 1
-        self._fail_pending(reason, refused_code)
+        self._fail_pending(reason, refused_code, refused_text)
         self._tag = 0  # a new channel counts its delivery tags from 1
         self.nack_streak = 0
         log.warning("%s: %s; reopening the channel", self.name, reason,
@@ -344,11 +394,12 @@ class BrokerConnection:
         self._channel_ready.set()  # no reopen to wait for any more
         self._fail_pending(reason, refused_code)
 
-    def _fail_pending(self, reason: str, refused_code: int | None) -> None:
+    def _fail_pending(self, reason: str, refused_code: int | None, refused_text: str = "") -> None:
         # Sent, never confirmed: "cannot know" (the gateway isolates or retries them).
         pending, self._pending = self._pending, OrderedDict()
+        self._own_ids.clear()
         for entry in pending.values():
-            entry.batch.settle(entry.index, ConnectionLost(f"{self.name}: {reason}", refused_code))
+            entry.batch.settle(entry.index, ConnectionLost(f"{self.name}: {reason}", refused_code, refused_text))
 
     # -- use -----------------------------------------------------------------
 
@@ -382,12 +433,17 @@ class BrokerConnection:
         timestamp = int(time.time())
         prefix = self._id_prefix_bytes
         frames = []
-        for index, (queue, body) in enumerate(messages):
+        for index, message in enumerate(messages):
             self._tag += 1
-            self._pending[self._tag] = _Pending(batch, index)
-            frames.append(publish_frames(channel, queue.encode(), body, mandatory=mandatory,
-                                         delivery_mode=delivery_mode, message_id=b"%s%d" % (prefix, self._tag),
-                                         timestamp=timestamp, body_max=body_max))
+            if isinstance(message, Envelope):
+                frames.append(self._envelope_frames(channel, batch, index, message, mandatory, delivery_mode,
+                                                    timestamp, body_max))
+            else:  # the plain message: the fixed header, fastest
+                queue, body = message
+                self._pending[self._tag] = _Pending(batch, index)
+                frames.append(publish_frames(channel, queue.encode(), body, mandatory=mandatory,
+                                             delivery_mode=delivery_mode, message_id=b"%s%d" % (prefix, self._tag),
+                                             timestamp=timestamp, body_max=body_max))
         try:
             self._write(b"".join(frames))
         except (pika.exceptions.AMQPError, OSError, ConnectionLost) as exc:
@@ -421,6 +477,21 @@ class BrokerConnection:
         if not self._channel_ready.wait(self._settings.connect_timeout) and self.lost_reason is None:
             self._mark_lost(f"channel not reopened within {self._settings.connect_timeout:g}s")
             self.abort()
+
+    def _envelope_frames(self, channel: int, batch: _Batch, index: int, message: Envelope, mandatory: bool,
+                         delivery_mode: int, timestamp: int, body_max: int) -> bytes:
+        props = dict(message.properties)
+        own_id = props.get("message_id")
+        if own_id is None:
+            props["message_id"] = f"{self._id_prefix}{self._tag}"
+        else:
+            self._own_ids.setdefault(own_id, deque()).append(self._tag)
+        props.setdefault("delivery_mode", delivery_mode)
+        props.setdefault("timestamp", timestamp)
+        self._pending[self._tag] = _Pending(batch, index, own_id)
+        return publish_frames_to(channel, message.exchange.encode(), message.routing_key.encode(), message.body,
+                                 mandatory=mandatory if message.mandatory is None else message.mandatory,
+                                 properties=encode_properties(props), body_max=body_max)
 
     def _write(self, data: bytes) -> None:
         conn = self._conn

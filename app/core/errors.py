@@ -8,6 +8,8 @@
     │   ├── MalformedBody        400 malformed_body
     │   ├── InvalidConnectionId  400 invalid_connection_id
     │   ├── InvalidQueue         400 invalid_queue
+    │   ├── InvalidAddress       400 invalid_address    (an exchange or routing key AMQP cannot carry)
+    │   ├── InvalidProperty      400 invalid_property   (names the property)
     │   ├── MalformedFrames      400 malformed_frames   (ZeroMQ: wrong number of frames)
     │   ├── IncompleteBody       400 incomplete_body    (ended before its length or last chunk)
     │   └── MalformedChunks      400 malformed_chunked_body
@@ -15,6 +17,7 @@
     ├── Forbidden                403 forbidden
     ├── NotFound                 404 not_found          (no such route)
     ├── UnknownConnection        404 unknown_connection_id
+    ├── UnknownExchange          404 unknown_exchange   (the broker closed the channel: 404 NOT_FOUND)
     ├── MethodNotAllowed         405 method_not_allowed
     ├── RequestTimeout           408 body_timeout       (the body did not arrive in time)
     ├── PayloadTooLarge          413 body_too_large
@@ -111,6 +114,14 @@ class InvalidQueue(BadRequest):
     code = "invalid_queue"
 
 
+class InvalidAddress(BadRequest):
+    code = "invalid_address"
+
+
+class InvalidProperty(BadRequest):
+    code = "invalid_property"
+
+
 class MalformedFrames(BadRequest):
     code = "malformed_frames"
 
@@ -156,6 +167,13 @@ class NotFound(GatewayError):
 class UnknownConnection(GatewayError):
     status = 404
     code = "unknown_connection_id"
+
+
+class UnknownExchange(GatewayError):
+    """The broker closed the channel over this message: no such exchange (404 NOT_FOUND)."""
+
+    status = 404
+    code = "unknown_exchange"
 
 
 class MethodNotAllowed(GatewayError):
@@ -248,9 +266,10 @@ class ConnectionLost(Unavailable):
 
     code = "connection_lost"
 
-    def __init__(self, detail: str = "", refused_code: int | None = None):
+    def __init__(self, detail: str = "", refused_code: int | None = None, refused_text: str = ""):
         super().__init__(detail)
         self.refused_code = refused_code
+        self.refused_text = refused_text  # the broker's words, e.g. "NOT_FOUND - no exchange 'x' in vhost '/'"
 
 
 class Overloaded(Unavailable):

@@ -28,7 +28,7 @@ from typing import Any
 import gevent
 from gevent.event import AsyncResult, Event
 
-from app.amqp.connection import BrokerConnection, Message, Outcome
+from app.amqp.connection import BrokerConnection, Envelope, Message, Outcome
 from app.amqp.endpoints import EndpointPools
 from app.amqp.health import BrokerHealth
 from app.amqp.nacks import NackJudge
@@ -47,6 +47,7 @@ from app.core.errors import (
     ShuttingDown,
     Unavailable,
     UnknownConnection,
+    UnknownExchange,
 )
 from app.core.group_commit import GroupCommit, Waiting
 from app.core.lifecycle import Status
@@ -58,6 +59,15 @@ log = logging.getLogger(__name__)
 Addressed = tuple[str, str, bytes]  # (connection id, queue, body)
 
 ATTEMPTS_PER_BROKER = 2  # a lost connection is retried once more on the same broker
+
+
+def refusal(closed: ConnectionLost) -> GatewayError:
+    """The answer to the message the broker closed its channel or connection over: never retried."""
+    said = f": {closed.refused_text}" if closed.refused_text else ""
+    if closed.refused_code == 404:  # NOT_FOUND: on a publish, only the exchange can be missing
+        return UnknownExchange(f"the broker has no such exchange (404{said})")
+    return RejectedByBroker(f"the broker closed the channel or connection over this message (reply code "
+                            f"{closed.refused_code}{said}); it is not retried")
 
 
 class Route:
@@ -86,10 +96,10 @@ class Route:
         """The pools of the primary and the backup, in that order."""
         return [pool for _, pool in self.brokers]
 
-    def publish(self, queue: str, body: bytes, deadline: float) -> Outcome:
-        """Publish one message through the group commit; its outcome."""
+    def publish(self, queue: str, body: bytes, deadline: float, envelope: Envelope | None = None) -> Outcome:
+        """Publish one message (``envelope``, if given, else ``(queue, body)``) through the group commit."""
         result: AsyncResult = AsyncResult()
-        self.commit.add(Waiting(queue, body, deadline, result.set))
+        self.commit.add(Waiting(queue, body, deadline, result.set, envelope))
         # The group commit answers every message it takes (one past its deadline
         # unsent): no timer per message here.
         outcome: Outcome = result.get()
@@ -193,13 +203,14 @@ class Route:
                     last_error = self._named(exc, role)
                     break
                 lost_here: list[int] = []  # the connection died under these
-                closed_over: int | None = None  # ... because the broker closed it (this reply code) over one
+                closed_over: ConnectionLost | None = None  # ... because the broker closed it over one of them
                 renacked: list[int] = []  # nacked by a connection now retired: once more, elsewhere
                 for index, outcome in zip(todo, results, strict=True):
                     if isinstance(outcome, ConnectionLost):
                         lost_here.append(index)
                         uncertain[index] = last_error = outcome
-                        closed_over = outcome.refused_code if closed_over is None else closed_over
+                        if closed_over is None and outcome.refused_code is not None:
+                            closed_over = outcome
                     elif index in renack and isinstance(outcome, PublishNacked):
                         renacked.append(index)
                         uncertain[index] = outcomes[index] = outcome
@@ -264,20 +275,21 @@ class Route:
         return blamed
 
     def _isolate(self, role: str, pool: ConnectionPool, messages: Sequence[Message], suspects: list[int],
-                 code: int, deadline: float, outcomes: list[Outcome],
+                 closed: ConnectionLost, deadline: float, outcomes: list[Outcome],
                  uncertain: dict[int, Unavailable]) -> list[int]:
         """Find the message the broker closed a connection over; what is left to publish as usual.
 
         Alone among the unconfirmed, it is the culprit. Otherwise each suspect is
-        published alone, in the order sent, on a fresh connection: the one whose
-        connection the broker closes again is answered ``422 rejected_by_broker``
-        and never sent again; the others are answered by their own confirm. The
-        rest go back to the ordinary path once the culprit is found, or at any
-        other trouble (a plain connection loss, no connection, the deadline).
+        published alone, in the order sent, on a fresh connection or channel: the
+        one whose channel or connection the broker closes again is answered
+        (:func:`refusal`) and never sent again; the others are answered by their
+        own confirm. The rest go back to the ordinary path once the culprit is
+        found, or at any other trouble (a plain connection loss, no connection,
+        the deadline).
         """
         if len(suspects) > 1:
             log.warning("the broker closed a connection (%s) under %d publish(es) of %s on %s; publishing them one "
-                        "by one", code, len(suspects), self.conn_id, pool.name,
+                        "by one", closed.refused_code, len(suspects), self.conn_id, pool.name,
                         extra={"event": "publish_isolate", "conn_id": self.conn_id, "role": role})
         for position, index in enumerate(suspects):
             if len(suspects) > 1:
@@ -298,13 +310,13 @@ class Route:
                 uncertain[index] = result
                 if result.refused_code is None:
                     return suspects[position:]  # an ordinary connection loss: retry as usual
-                code = result.refused_code
+                closed = result
             uncertain.pop(index, None)
-            outcomes[index] = RejectedByBroker(f"the broker closed the connection over this message (reply code "
-                                               f"{code}); it is not retried")
+            outcomes[index] = refusal(closed)
             metrics.PUBLISH_RETRIES.labels(self.conn_id, role, "rejected").inc()
             log.warning("message of %s rejected: the broker closed a connection over it (%s) on %s", self.conn_id,
-                        code, pool.name, extra={"event": "publish_rejected", "conn_id": self.conn_id, "role": role})
+                        closed.refused_code, pool.name,
+                        extra={"event": "publish_rejected", "conn_id": self.conn_id, "role": role})
             return suspects[position + 1:]
         return []
 
@@ -472,6 +484,14 @@ class Gateway:
         if outcome is not None:
             raise outcome
 
+    def publish_to(self, conn_id: str, envelope: Envelope) -> None:
+        """Publish one message to any exchange; return once confirmed, else raise its GatewayError."""
+        route = self.route(conn_id)
+        outcome = route.publish(envelope.key, envelope.body, time.monotonic() + self.settings.publish_timeout,
+                                envelope)
+        if outcome is not None:
+            raise outcome
+
     def publish_many(self, messages: Sequence[Addressed], answer: Callable[[int, Outcome], None]) -> None:
         """Publish messages of any ids; ``answer(index, outcome)`` is called once for each.
 
@@ -512,7 +532,7 @@ class Gateway:
             done.wait()
         return outcomes
 
-    def publish_batch(self, conn_id: str, messages: Sequence[Message]) -> list[Outcome]:
+    def publish_batch(self, conn_id: str, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
         """Publish many messages of one id and wait for them; one outcome per message."""
         return self.publish_all([(conn_id, queue, body) for queue, body in messages])
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import gevent
 
-from app.amqp.connection import Message, Outcome
+from app.amqp.connection import Envelope, Message, Outcome
 from app.core.errors import ConfirmTimeout, PoolTimeout, internal_error
 from app.ops import metrics
 
@@ -44,13 +44,14 @@ PublishBatch = Callable[[Sequence[Message], float], list[Outcome]]
 class Waiting:
     """One message waiting for a flusher, and where its outcome goes."""
 
-    __slots__ = ("answer", "body", "deadline", "queue")
+    __slots__ = ("answer", "body", "deadline", "envelope", "queue")
 
-    def __init__(self, queue: str, body: bytes, deadline: float, answer: Answer):
+    def __init__(self, queue: str, body: bytes, deadline: float, answer: Answer, envelope: Envelope | None = None):
         self.queue = queue
         self.body = body
         self.deadline = deadline
         self.answer = answer
+        self.envelope = envelope  # a message to an exchange, with properties; None: (queue, body)
 
 
 class GroupCommit:
@@ -117,7 +118,8 @@ class GroupCommit:
 
     def _publish(self, batch: list[Waiting]) -> list[Outcome]:
         try:
-            return self.publish_batch([(m.queue, m.body) for m in batch], min(m.deadline for m in batch))
+            messages: list[Message] = [m.envelope or (m.queue, m.body) for m in batch]
+            return self.publish_batch(messages, min(m.deadline for m in batch))
         except Exception:
             return [internal_error(log, "publishing a batch", conn_id=self.name)] * len(batch)
 

@@ -8,7 +8,10 @@ and/or ``AUTH_TOKENS`` (``GATEWAY_AUTH_TOKENS`` from a Secret), one per line::
     ops-tools   3b1d77...                          *
 
 ``ids`` is ``*`` (every id) or a comma list; queue patterns are shell-style
-globs (``fnmatch``), none meaning any queue. Either source being set turns
+globs (``fnmatch``), none meaning any queue (and any exchange). A pattern
+``@<exchange>/<routing key>`` (globs too: ``@events/order.*``, ``@logs/*``)
+lets the token publish to a named exchange; without one it may publish only
+to queues (the default exchange) its queue patterns match. Either source being set turns
 auth on for ``/publish``: no token is ``401``, a token that may not use the
 id or queue is ``403`` (checked before ``404``, so a token learns nothing
 about ids it may not use). ``OPS_TOKEN`` guards ``/metrics`` and ``/pools``
@@ -56,8 +59,17 @@ class TokenRule:
         return self.conn_ids is None or conn_id in self.conn_ids
 
     def may_publish_to(self, queue: str) -> bool:
-        """May this token publish to ``queue``?"""
-        return not self.queues or any(fnmatch.fnmatchcase(queue, pattern) for pattern in self.queues)
+        """May this token publish to ``queue`` (through the default exchange)?"""
+        return not self.queues or any(fnmatch.fnmatchcase(queue, pattern) for pattern in self.queues
+                                      if not pattern.startswith("@"))
+
+    def may_publish_via(self, exchange: str, routing_key: str) -> bool:
+        """May this token publish to ``exchange`` with ``routing_key`` ("": the default exchange, a queue)?"""
+        if not exchange:
+            return self.may_publish_to(routing_key)
+        target = f"{exchange}/{routing_key}"
+        return not self.queues or any(fnmatch.fnmatchcase(target, pattern[1:]) for pattern in self.queues
+                                      if pattern.startswith("@"))
 
 
 class TokenTable:
@@ -175,6 +187,16 @@ class Access:
             raise Forbidden(f"token {rule.name!r} may not use connection id {conn_id!r}")
         if not rule.may_publish_to(queue):
             raise Forbidden(f"token {rule.name!r} may not publish to that queue")
+
+    @staticmethod
+    def check_exchange(rule: TokenRule | None, conn_id: str, exchange: str, routing_key: str) -> None:
+        """:class:`Forbidden` when the token may not use this id, or this exchange and routing key."""
+        if rule is None:
+            return
+        if not rule.may_use(conn_id):
+            raise Forbidden(f"token {rule.name!r} may not use connection id {conn_id!r}")
+        if not rule.may_publish_via(exchange, routing_key):
+            raise Forbidden(f"token {rule.name!r} may not publish to that exchange and routing key")
 
     def check_ops(self) -> None:
         """Before each request: the operator routes need ``OPS_TOKEN`` when it is set."""

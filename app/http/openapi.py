@@ -38,6 +38,25 @@ def _raw_body(example: str) -> dict[str, Any]:
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
+# The exchange form's property headers (app/http/publish_endpoint.py), as documented.
+_PROPERTY_HEADERS = (
+    ("Content-Type", "AMQP content_type (not the HTTP Content-Type, which is ignored)."),
+    ("Content-Encoding", "AMQP content_encoding."),
+    ("Correlation-Id", "AMQP correlation_id."),
+    ("Reply-To", "AMQP reply_to."),
+    ("Expiration", "Per-message TTL in milliseconds, an integer."),
+    ("Priority", "0-255."),
+    ("Type", "AMQP type."),
+    ("App-Id", "AMQP app_id."),
+    ("User-Id", "AMQP user_id (RabbitMQ checks it against the connection's user)."),
+    ("Message-Id", "AMQP message_id (or Idempotency-Key)."),
+    ("Timestamp", "Seconds since the epoch (default: now)."),
+    ("Delivery-Mode", "`persistent` (2, the default) or `transient` (1)."),
+    ("Mandatory", "`true` (the default, MANDATORY) or `false`: an unroutable message is 422 or dropped."),
+    ("Headers", "The application headers, a JSON object: string, integer, float, boolean, null, array and "
+                "object values keep their types."),
+)
+
 _OPS_SECURITY: list[dict[str, list[str]]] = [{}, {"bearer": []}]  # open, or OPS_TOKEN when configured
 
 
@@ -59,6 +78,38 @@ def document() -> dict[str, Any]:
                                "confirmed the message.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True, "content": _raw_body("local|my_queue|hello world")},
+                "responses": {
+                    "200": _json({"type": "object", "properties": {"status": {"const": "ok"}},
+                                  "required": ["status"]}, "RabbitMQ confirmed the message.", _REQUEST_ID),
+                    "4XX": _CLIENT_ERRORS,
+                    "501": _CLIENT_ERRORS,
+                    "503": _UNAVAILABLE,
+                },
+            }},
+            "/publish/{connection_id}/{exchange}/{routing_key}": {"post": {
+                "summary": "Publish one message to any exchange: the body is the message, raw.",
+                "description": "`amq.default` names the default exchange (the routing key is then the queue). "
+                               "Each path part is percent-encoded; the routing key may be empty and may hold "
+                               "`/`. AMQP properties come from `X-AMQP-*` headers, the message id from "
+                               "`Idempotency-Key`, and W3C trace context is copied into the message's headers. "
+                               "Answered only after the broker confirmed the message; an exchange the broker "
+                               "does not have is `404 unknown_exchange`.",
+                "security": [{}, {"bearer": []}],
+                "parameters": [
+                    {"name": "connection_id", "in": "path", "required": True,
+                     "schema": {"type": "string"}, "example": "local"},
+                    {"name": "exchange", "in": "path", "required": True,
+                     "schema": {"type": "string"}, "example": "amq.default"},
+                    {"name": "routing_key", "in": "path", "required": True,
+                     "schema": {"type": "string"}, "example": "my_queue"},
+                    *[{"name": f"X-AMQP-{name}", "in": "header", "required": False, "schema": {"type": "string"},
+                       "description": description} for name, description in _PROPERTY_HEADERS],
+                    {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "The message id (a retry after a \"cannot know\" answer sends the same)."},
+                    {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "W3C trace context, copied into the message's headers."},
+                ],
+                "requestBody": {"required": True, "content": _raw_body("hello world")},
                 "responses": {
                     "200": _json({"type": "object", "properties": {"status": {"const": "ok"}},
                                   "required": ["status"]}, "RabbitMQ confirmed the message.", _REQUEST_ID),

@@ -10,6 +10,13 @@ route (:func:`app.core.errors.http_answer`). Every other request, and every othe
 method on ``/publish`` but POST (``405``), goes on to the Flask app. It is
 installed by the app factory as Flask's ``wsgi_app`` middleware, so the test
 client and gunicorn both go through it.
+
+It also answers the exchange form, ``POST /publish/<id>/<exchange>/<routing key>``
+(``amq.default`` names the default exchange; each part percent-encoded, the
+routing key may be empty and may hold ``/``), whose body is the message, raw,
+and whose AMQP properties come from ``X-AMQP-<Property>`` headers
+(:data:`PROPERTY_HEADERS`), ``Idempotency-Key`` (the message id) and the W3C
+``traceparent``/``tracestate`` (copied into the message's headers).
 """
 
 from __future__ import annotations
@@ -17,9 +24,23 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
+from urllib.parse import unquote
 
-from app.core.errors import GatewayError, MethodNotAllowed, http_answer, internal_error, status_line
+from app.amqp.connection import Envelope
+from app.config import CONN_ID_RE
+from app.core.envelope import headers_from_json, make_envelope, trace_headers
+from app.core.errors import (
+    GatewayError,
+    InvalidAddress,
+    InvalidConnectionId,
+    InvalidProperty,
+    MethodNotAllowed,
+    http_answer,
+    internal_error,
+    status_line,
+)
 from app.core.gateway import Gateway
 from app.core.message import parse_body
 from app.http import request_id
@@ -31,6 +52,13 @@ from app.ops import logs, metrics
 log = logging.getLogger(__name__)
 
 PATH = "/publish"
+PREFIX = PATH + "/"  # the exchange form: /publish/<id>/<exchange>/<routing key>
+# X-AMQP-<Property> request headers (WSGI names) -> AMQP property names.
+PROPERTY_HEADERS = {
+    "HTTP_X_AMQP_" + name.upper(): name
+    for name in ("content_type", "content_encoding", "correlation_id", "reply_to", "type", "app_id", "user_id",
+                 "message_id", "expiration", "priority", "timestamp", "delivery_mode")
+}
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _OK_BODY = b'{"status":"ok"}\n'
@@ -46,11 +74,16 @@ class PublishEndpoint:
         self.access = access
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != PATH:
+        path = environ.get("PATH_INFO", "")
+        if path == PATH:
+            publish = self._publish
+        elif path.startswith(PREFIX) and (parts := _address(environ)) is not None:
+            publish = partial(self._publish_to, parts=parts)
+        else:
             return self.app(environ, start_response)
         rid = request_id.start(environ)
         try:
-            self._publish(environ)
+            publish(environ)
         except GatewayError as exc:
             return self._answer(start_response, exc, rid)
         except Exception:
@@ -81,7 +114,80 @@ class PublishEndpoint:
             raise
         metrics.publish_done("http", conn_label, "ok", time.perf_counter() - started)
 
+    def _publish_to(self, environ: dict[str, Any], parts: tuple[str, str, str]) -> None:
+        if environ.get("REQUEST_METHOD") != "POST":
+            raise MethodNotAllowed("method not allowed for this route", allow=("POST",))
+        gw = self.gateway
+        started = time.perf_counter()
+        conn_label = metrics.UNKNOWN_ID
+        conn_id, exchange, routing_key = parts
+        try:
+            publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
+            if not CONN_ID_RE.fullmatch(conn_id):
+                raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
+            envelope = _envelope(environ, exchange, routing_key, b"")  # 400 before the body is read
+            if conn_id in gw.routes:
+                conn_label = conn_id
+                logs.bind(conn_id=conn_id)
+                environ[CONN_ID_KEY] = conn_id
+            self.access.check_exchange(publisher, conn_id, envelope.exchange, routing_key)  # 403 before 404
+            body = read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout)
+            gw.publish_to(conn_id, envelope._replace(body=body))
+        except GatewayError as exc:
+            metrics.publish_done("http", conn_label, exc.code, time.perf_counter() - started)
+            raise
+        metrics.publish_done("http", conn_label, "ok", time.perf_counter() - started)
+
     def _answer(self, start_response: Callable[..., Any], exc: GatewayError, rid: str) -> list[bytes]:
         status, headers, body = http_answer(exc, self.gateway.settings.retry_after)
         start_response(status_line(status), [*headers, (request_id.HEADER, rid)])
         return [body]
+
+
+def _address(environ: dict[str, Any]) -> tuple[str, str, str] | None:
+    """``(id, exchange, routing key)`` of an exchange-form path, each part decoded; None if not that form.
+
+    Split on the path as sent (``RAW_URI``), before percent-decoding, so that an
+    exchange or routing key may hold an encoded ``/`` (``%2F``).
+    """
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
+    raw = raw.split("?", 1)[0].split("#", 1)[0]
+    if not raw.startswith(PREFIX):
+        return None
+    parts = raw[len(PREFIX):].split("/", 2)
+    if len(parts) < 3:
+        return None  # /publish/batch and the like are the Flask app's
+    try:
+        conn_id, exchange, routing_key = (unquote(part, errors="strict") for part in parts)
+    except UnicodeDecodeError:
+        raise InvalidAddress("the path is not valid UTF-8 once percent-decoded") from None
+    return conn_id, exchange, routing_key
+
+
+def _envelope(environ: dict[str, Any], exchange: str, routing_key: str, body: bytes) -> Envelope:
+    """The exchange form's message: its properties from the request's headers (400 naming a bad one)."""
+    props: dict[str, Any] = {name: _header_text(environ[key], name) for key, name in PROPERTY_HEADERS.items()
+                             if key in environ}
+    key = environ.get("HTTP_IDEMPOTENCY_KEY")
+    if key is not None:
+        key = _header_text(key, "Idempotency-Key")
+        if props.get("message_id", key) != key:
+            raise InvalidProperty("Idempotency-Key and X-AMQP-Message-Id differ: give one message id")
+        props["message_id"] = key
+    headers = headers_from_json(environ["HTTP_X_AMQP_HEADERS"]) if "HTTP_X_AMQP_HEADERS" in environ else {}
+    trace, trace_id = trace_headers(environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_TRACESTATE"))
+    if trace_id is not None:
+        logs.bind(trace_id=trace_id)
+        for name, value in trace.items():
+            headers.setdefault(name, value)  # the producer's own headers win
+    if headers:
+        props["headers"] = headers
+    return make_envelope(exchange, routing_key, body, props, environ.get("HTTP_X_AMQP_MANDATORY"))
+
+
+def _header_text(value: str, name: str) -> str:
+    # WSGI hands header values over as latin-1: the bytes as sent, read back as UTF-8.
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise InvalidProperty(f"{name} is not valid UTF-8") from None

@@ -1,0 +1,161 @@
+"""A message to any exchange: its address and AMQP properties, checked before anything is sent.
+
+Every ingress that names an exchange builds its :class:`~app.amqp.connection.Envelope`
+here, so a bad priority or expiration is the same ``400 invalid_property``
+(naming the property) wherever it came from. Values may come as text (HTTP
+headers) or typed (JSON): ``"5"`` and ``5`` are the same priority. What AMQP
+itself cannot carry (a short string over 255 bytes, an octet over 255, an
+integer over 64 bits) is refused here too, not left to the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from app.amqp.connection import Envelope
+from app.core.errors import InvalidAddress, InvalidProperty
+from app.core.message import RESERVED_QUEUE
+
+DEFAULT_EXCHANGE = "amq.default"  # how a URL names the default exchange (as RabbitMQ's management API does)
+MAX_SHORT = 255
+MAX_HEADER_DEPTH = 8  # nested tables and arrays in the headers
+# The properties a producer sets as text, as AMQP short strings.
+TEXT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to", "type", "app_id", "user_id",
+                   "message_id")
+PROPERTY_NAMES = (*TEXT_PROPERTIES, "expiration", "priority", "timestamp", "delivery_mode", "headers")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def make_envelope(exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any],
+                  mandatory: Any = None) -> Envelope:
+    """Check an address and properties (by their AMQP names); the Envelope to publish.
+
+    ``exchange`` is :data:`DEFAULT_EXCHANGE` or ``""`` for the default one. Raises
+    :class:`InvalidAddress` or :class:`InvalidProperty` (400) naming what is wrong.
+    """
+    if exchange == DEFAULT_EXCHANGE:
+        exchange = ""
+    _short_text(exchange, "exchange", InvalidAddress)
+    _short_text(routing_key, "routing key", InvalidAddress)
+    if not exchange and (routing_key == RESERVED_QUEUE or routing_key.startswith(RESERVED_QUEUE + ".")):
+        raise InvalidAddress(f"{RESERVED_QUEUE} is reserved by RabbitMQ (direct reply-to), not a queue")
+    checked: dict[str, Any] = {}
+    for name, value in properties.items():
+        if value is None:
+            continue
+        if name in TEXT_PROPERTIES:
+            if not isinstance(value, str):
+                raise InvalidProperty(f"{name} must be a string")
+            checked[name] = _short_text(value, name, InvalidProperty)
+        elif name == "expiration":
+            checked[name] = str(_integer(value, name, 0, 2**32 - 1))  # milliseconds, sent as text
+        elif name == "priority":
+            checked[name] = _integer(value, name, 0, 255)
+        elif name == "timestamp":
+            checked[name] = _integer(value, name, 0, _INT64[1])
+        elif name == "delivery_mode":
+            checked[name] = _delivery_mode(value)
+        elif name == "headers":
+            checked[name] = check_headers(value)
+        else:
+            raise InvalidProperty(f"{name} is not a message property this gateway sets "
+                                  f"(one of {', '.join(PROPERTY_NAMES)})")
+    return Envelope(f"{exchange}/{routing_key}", body, exchange, routing_key, checked, _mandatory(mandatory))
+
+
+def headers_from_json(text: str) -> dict[str, Any]:
+    """The headers table given as a JSON object (its values keep their JSON types)."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise InvalidProperty(f"headers must be a JSON object ({exc.__class__.__name__})") from None
+    return check_headers(value)
+
+
+def check_headers(value: Any, depth: int = 0) -> dict[str, Any]:
+    """An application headers table: string keys; string, integer, float, boolean, null, list or table values."""
+    if not isinstance(value, dict):
+        raise InvalidProperty("headers must be an object (a table of name: value)")
+    return {_short_text(key, "a header name", InvalidProperty) if isinstance(key, str) else _bad_key(key):
+            _header_value(item, key, depth) for key, item in value.items()}
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None) -> tuple[dict[str, str], str | None]:
+    """W3C trace context for the message's headers, and its trace id; an invalid traceparent is dropped (W3C)."""
+    if not traceparent:
+        return {}, None
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
+    if (match is None or match[1] == "ff" or match[2] == "0" * 32 or match[3] == "0" * 16):
+        return {}, None
+    out = {"traceparent": match[0]}
+    if tracestate and len(tracestate) <= 512:
+        out["tracestate"] = tracestate.strip()
+    return out, match[2]
+
+
+def _header_value(value: Any, name: str, depth: int) -> Any:
+    if depth >= MAX_HEADER_DEPTH:
+        raise InvalidProperty(f"header {name!r} nests deeper than {MAX_HEADER_DEPTH}")
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise InvalidProperty(f"header {name!r} is an integer over 64 bits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidProperty(f"header {name!r} is not a finite number")
+        return value
+    if isinstance(value, list):
+        return [_header_value(item, name, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return check_headers(value, depth + 1)
+    raise InvalidProperty(f"header {name!r} has a value of a type AMQP headers cannot carry")
+
+
+def _short_text(value: str, name: str, error: type[InvalidProperty] | type[InvalidAddress]) -> str:
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_SHORT:
+        raise error(f"{name} is over {MAX_SHORT} bytes")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise error(f"{name} is not valid UTF-8") from None
+    return value
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise InvalidProperty(f"{name} must be an integer {low}-{high}")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or not low <= value <= high:
+        raise InvalidProperty(f"{name} must be an integer {low}-{high}")
+    return value
+
+
+def _delivery_mode(value: Any) -> int:
+    named: dict[str | int, int] = {"persistent": 2, "transient": 1, "2": 2, "1": 1, 2: 2, 1: 1}
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value not in named:
+        raise InvalidProperty("delivery_mode must be persistent (2) or transient (1)")
+    return named[value]
+
+
+def _mandatory(value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidProperty("mandatory must be true or false")
+
+
+def _bad_key(key: Any) -> str:
+    raise InvalidProperty("a header name must be a string")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
