@@ -32,6 +32,15 @@ _UNAVAILABLE = _json(_ERROR, "No broker of the id can take it now (`broker_unava
                              "was published "
                              "(`confirm_timeout`, `connection_lost`: retry with the same idempotency key).",
                      _RETRY_AFTER)
+_ONE_MESSAGE_ANSWERS = {
+    "200": _json({"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
+                 "RabbitMQ confirmed the message.", _REQUEST_ID),
+    "4XX": _CLIENT_ERRORS,
+    "501": _CLIENT_ERRORS,
+    "503": _UNAVAILABLE,
+}
+
+
 def _raw_body(example: str) -> dict[str, Any]:
     """A body read raw: any Content-Type is accepted, these two are the usual ones."""
     return {"text/plain": {"schema": {"type": "string"}, "examples": {"example": {"value": example}}},
@@ -78,13 +87,7 @@ def document() -> dict[str, Any]:
                                "confirmed the message.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True, "content": _raw_body("local|my_queue|hello world")},
-                "responses": {
-                    "200": _json({"type": "object", "properties": {"status": {"const": "ok"}},
-                                  "required": ["status"]}, "RabbitMQ confirmed the message.", _REQUEST_ID),
-                    "4XX": _CLIENT_ERRORS,
-                    "501": _CLIENT_ERRORS,
-                    "503": _UNAVAILABLE,
-                },
+                "responses": _ONE_MESSAGE_ANSWERS,
             }},
             "/publish/{connection_id}/{exchange}/{routing_key}": {"post": {
                 "summary": "Publish one message to any exchange: the body is the message, raw.",
@@ -110,13 +113,7 @@ def document() -> dict[str, Any]:
                      "description": "W3C trace context, copied into the message's headers."},
                 ],
                 "requestBody": {"required": True, "content": _raw_body("hello world")},
-                "responses": {
-                    "200": _json({"type": "object", "properties": {"status": {"const": "ok"}},
-                                  "required": ["status"]}, "RabbitMQ confirmed the message.", _REQUEST_ID),
-                    "4XX": _CLIENT_ERRORS,
-                    "501": _CLIENT_ERRORS,
-                    "503": _UNAVAILABLE,
-                },
+                "responses": _ONE_MESSAGE_ANSWERS,
             }},
             "/publish/batch": {"post": {
                 "summary": "Publish many messages: length-framed records, `<length>\\n<record>\\n` each.",
