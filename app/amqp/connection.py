@@ -54,13 +54,12 @@ from app.ops.processes import process_token
 log = logging.getLogger(__name__)
 
 
-
 class Envelope(NamedTuple):
     """A message to any exchange with properties of its own; the plain message is ``(queue, body)``.
 
     ``key`` stands where a plain message has its queue, for what judges a
     destination (queue circuits, nack fate): ``<exchange>/<routing key>``.
-    ``properties`` are validated (app.core.message) and encodable
+    ``properties`` are checked (app.core.envelope) and encodable
     (app.amqp.wire.PROPERTIES); the gateway adds delivery mode, message id and
     timestamp where they are not set. ``mandatory`` None: the ``MANDATORY`` setting.
     """
