@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from app.amqp.connection import Envelope
 from app.config import CONN_ID_RE
@@ -66,7 +66,7 @@ _OK_HEADERS = [("Content-Type", "application/json"), ("Content-Length", str(len(
 
 
 class PublishEndpoint:
-    """WSGI middleware: answers ``/publish`` itself and passes everything else to ``app``."""
+    """WSGI middleware: answers ``/publish`` and its exchange form itself, passes everything else to ``app``."""
 
     def __init__(self, app: WSGIApp, gateway: Gateway, access: Access):
         self.app = app
@@ -120,8 +120,8 @@ class PublishEndpoint:
         gw = self.gateway
         started = time.perf_counter()
         conn_label = metrics.UNKNOWN_ID
-        conn_id, exchange, routing_key = parts
         try:
+            conn_id, exchange, routing_key = _decoded(parts)
             publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
             if not CONN_ID_RE.fullmatch(conn_id):
                 raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
@@ -145,18 +145,24 @@ class PublishEndpoint:
 
 
 def _address(environ: dict[str, Any]) -> tuple[str, str, str] | None:
-    """``(id, exchange, routing key)`` of an exchange-form path, each part decoded; None if not that form.
+    """``(id, exchange, routing key)`` of an exchange-form path, still percent-encoded; None if not that form.
 
     Split on the path as sent (``RAW_URI``), before percent-decoding, so that an
     exchange or routing key may hold an encoded ``/`` (``%2F``).
     """
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
     raw = raw.split("?", 1)[0].split("#", 1)[0]
+    if not raw.startswith("/"):  # the absolute form, "POST http://host/publish/...": its path
+        raw = urlsplit(raw).path
     if not raw.startswith(PREFIX):
         return None
     parts = raw[len(PREFIX):].split("/", 2)
     if len(parts) < 3:
         return None  # /publish/batch and the like are the Flask app's
+    return parts[0], parts[1], parts[2]
+
+
+def _decoded(parts: tuple[str, str, str]) -> tuple[str, str, str]:
     try:
         conn_id, exchange, routing_key = (unquote(part, errors="strict") for part in parts)
     except UnicodeDecodeError:

@@ -151,6 +151,8 @@ def test_bad_addresses(gateway, rabbit):
     assert (status, answer["error"]) == (404, "unknown_connection_id")
     status, answer = post(gateway, "/publish/bad%20id!/amq.default/q", b"x")
     assert (status, answer["error"]) == (400, "invalid_connection_id")
+    status, answer = post(gateway, "/publish/a/%FF%FE/q", b"x")  # not UTF-8 once decoded
+    assert (status, answer["error"]) == (400, "invalid_address")
     status, _headers, _data = request(gateway.port, "GET", "/publish/a/amq.default/q")
     assert status == 405
 
