@@ -81,8 +81,12 @@ def check_headers(value: Any, depth: int = 0) -> dict[str, Any]:
     """An application headers table: string keys; string, integer, float, boolean, null, list or table values."""
     if not isinstance(value, dict):
         raise InvalidProperty("headers must be an object (a table of name: value)")
-    return {_short_text(key, "a header name", InvalidProperty) if isinstance(key, str) else _bad_key(key):
-            _header_value(item, key, depth) for key, item in value.items()}
+    table: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise InvalidProperty("a header name must be a string")
+        table[_short_text(key, "a header name", InvalidProperty)] = _header_value(item, key, depth)
+    return table
 
 
 def trace_headers(traceparent: str | None, tracestate: str | None) -> tuple[dict[str, str], str | None]:
@@ -151,10 +155,6 @@ def _mandatory(value: Any) -> bool | None:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise InvalidProperty("mandatory must be true or false")
-
-
-def _bad_key(key: Any) -> str:
-    raise InvalidProperty("a header name must be a string")
 
 
 def _no_constant(name: str) -> Any:

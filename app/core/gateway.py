@@ -477,20 +477,16 @@ class Gateway:
             raise ShuttingDown("this worker is shutting down; retry (another worker takes it)")
         return route
 
-    def publish(self, conn_id: str, queue: str, body: bytes) -> None:
-        """Publish one message; return once confirmed, else raise its GatewayError."""
+    def publish(self, conn_id: str, queue: str, body: bytes, envelope: Envelope | None = None) -> None:
+        """Publish one message (``envelope``, if given); return once confirmed, else raise its GatewayError."""
         route = self.route(conn_id)
-        outcome = route.publish(queue, body, time.monotonic() + self.settings.publish_timeout)
+        outcome = route.publish(queue, body, time.monotonic() + self.settings.publish_timeout, envelope)
         if outcome is not None:
             raise outcome
 
     def publish_to(self, conn_id: str, envelope: Envelope) -> None:
         """Publish one message to any exchange; return once confirmed, else raise its GatewayError."""
-        route = self.route(conn_id)
-        outcome = route.publish(envelope.key, envelope.body, time.monotonic() + self.settings.publish_timeout,
-                                envelope)
-        if outcome is not None:
-            raise outcome
+        self.publish(conn_id, envelope.key, envelope.body, envelope)
 
     def publish_many(self, messages: Sequence[Addressed], answer: Callable[[int, Outcome], None]) -> None:
         """Publish messages of any ids; ``answer(index, outcome)`` is called once for each.

@@ -27,6 +27,13 @@ class PublishRequest(NamedTuple):
     body: bytes
 
 
+def check_conn_id(conn_id: str) -> str:
+    """``conn_id``, if it is a valid connection id; else :class:`InvalidConnectionId` (400)."""
+    if not CONN_ID_RE.fullmatch(conn_id):
+        raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
+    return conn_id
+
+
 def parse_body(data: bytes) -> PublishRequest:
     """Split and validate a publish body; raise a 400 error naming what is wrong."""
     first = data.find(b"|")
@@ -37,11 +44,9 @@ def parse_body(data: bytes) -> PublishRequest:
     if not raw_id:
         raise InvalidConnectionId("the connection id is empty")
     try:
-        conn_id = raw_id.decode("ascii")
+        conn_id = check_conn_id(raw_id.decode("ascii"))
     except UnicodeDecodeError:
-        conn_id = ""
-    if not CONN_ID_RE.fullmatch(conn_id):
-        raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
+        conn_id = check_conn_id("")
     if not raw_queue:
         raise InvalidQueue("the queue name is empty")
     if len(raw_queue) > MAX_QUEUE_BYTES:

@@ -29,12 +29,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from app.amqp.connection import Envelope
-from app.config import CONN_ID_RE
 from app.core.envelope import headers_from_json, make_envelope, trace_headers
 from app.core.errors import (
     GatewayError,
     InvalidAddress,
-    InvalidConnectionId,
     InvalidProperty,
     MethodNotAllowed,
     http_answer,
@@ -42,7 +40,7 @@ from app.core.errors import (
     status_line,
 )
 from app.core.gateway import Gateway
-from app.core.message import parse_body
+from app.core.message import check_conn_id, parse_body
 from app.http import request_id
 from app.http.accesslog import CONN_ID_KEY
 from app.http.auth import Access
@@ -75,6 +73,7 @@ class PublishEndpoint:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        publish: Callable[[dict[str, Any]], None]
         if path == PATH:
             publish = self._publish
         elif path.startswith(PREFIX) and (parts := _address(environ)) is not None:
@@ -83,7 +82,7 @@ class PublishEndpoint:
             return self.app(environ, start_response)
         rid = request_id.start(environ)
         try:
-            publish(environ)
+            self._counted(environ, publish)
         except GatewayError as exc:
             return self._answer(start_response, exc, rid)
         except Exception:
@@ -93,50 +92,43 @@ class PublishEndpoint:
         start_response("200 OK", [*_OK_HEADERS, (request_id.HEADER, rid)])
         return [_OK_BODY]
 
-    def _publish(self, environ: dict[str, Any]) -> None:
+    def _counted(self, environ: dict[str, Any], publish: Callable[[dict[str, Any]], None]) -> None:
+        """POST only; ``publish(environ)`` timed and counted by its outcome, under its id once configured."""
         if environ.get("REQUEST_METHOD") != "POST":
             raise MethodNotAllowed("method not allowed for this route", allow=("POST",))
-        gw = self.gateway
         started = time.perf_counter()
-        conn_label = metrics.UNKNOWN_ID
         try:
-            publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
-            req = parse_body(read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout))
-            if req.conn_id in gw.routes:
-                # Only a configured id goes into logs and labels, never what a client made up.
-                conn_label = req.conn_id
-                logs.bind(conn_id=req.conn_id)
-                environ[CONN_ID_KEY] = req.conn_id
-            self.access.check_target(publisher, req.conn_id, req.queue)  # 403 before 404: ids stay private
-            gw.publish(req.conn_id, req.queue, req.body)
+            publish(environ)
         except GatewayError as exc:
-            metrics.publish_done("http", conn_label, exc.code, time.perf_counter() - started)
+            metrics.publish_done("http", environ.get(CONN_ID_KEY, metrics.UNKNOWN_ID), exc.code,
+                                 time.perf_counter() - started)
             raise
-        metrics.publish_done("http", conn_label, "ok", time.perf_counter() - started)
+        metrics.publish_done("http", environ.get(CONN_ID_KEY, metrics.UNKNOWN_ID), "ok", time.perf_counter() - started)
+
+    def _name(self, environ: dict[str, Any], conn_id: str) -> None:
+        # Only a configured id goes into logs and labels, never what a client made up.
+        if conn_id in self.gateway.routes:
+            logs.bind(conn_id=conn_id)
+            environ[CONN_ID_KEY] = conn_id
+
+    def _publish(self, environ: dict[str, Any]) -> None:
+        gw = self.gateway
+        publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
+        req = parse_body(read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout))
+        self._name(environ, req.conn_id)
+        self.access.check_target(publisher, req.conn_id, req.queue)  # 403 before 404: ids stay private
+        gw.publish(req.conn_id, req.queue, req.body)
 
     def _publish_to(self, environ: dict[str, Any], parts: tuple[str, str, str]) -> None:
-        if environ.get("REQUEST_METHOD") != "POST":
-            raise MethodNotAllowed("method not allowed for this route", allow=("POST",))
         gw = self.gateway
-        started = time.perf_counter()
-        conn_label = metrics.UNKNOWN_ID
-        try:
-            conn_id, exchange, routing_key = _decoded(parts)
-            publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
-            if not CONN_ID_RE.fullmatch(conn_id):
-                raise InvalidConnectionId("a connection id is 1 to 64 of A-Z a-z 0-9 _ . -")
-            envelope = _envelope(environ, exchange, routing_key, b"")  # 400 before the body is read
-            if conn_id in gw.routes:
-                conn_label = conn_id
-                logs.bind(conn_id=conn_id)
-                environ[CONN_ID_KEY] = conn_id
-            self.access.check_exchange(publisher, conn_id, envelope.exchange, routing_key)  # 403 before 404
-            body = read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout)
-            gw.publish_to(conn_id, envelope._replace(body=body))
-        except GatewayError as exc:
-            metrics.publish_done("http", conn_label, exc.code, time.perf_counter() - started)
-            raise
-        metrics.publish_done("http", conn_label, "ok", time.perf_counter() - started)
+        conn_id, exchange, routing_key = _decoded(parts)
+        publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
+        check_conn_id(conn_id)
+        envelope = _envelope(environ, exchange, routing_key, b"")  # 400 before the body is read
+        self._name(environ, conn_id)
+        self.access.check_exchange(publisher, conn_id, envelope.exchange, routing_key)  # 403 before 404
+        body = read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout)
+        gw.publish_to(conn_id, envelope._replace(body=body))
 
     def _answer(self, start_response: Callable[..., Any], exc: GatewayError, rid: str) -> list[bytes]:
         status, headers, body = http_answer(exc, self.gateway.settings.retry_after)
