@@ -2,7 +2,18 @@
 
 Every ingress that names an exchange builds its :class:`~app.amqp.connection.Envelope`
 here, so a bad priority or expiration is the same ``400 invalid_property``
-(naming the property) wherever it came from. Values may come as text (HTTP
+(naming the property) wherever it came from.
+
+A batch record or a ZeroMQ message names an exchange in the *envelope form*
+(:func:`parse_record`): a JSON object on one line, a newline, then the body::
+
+    {"connection_id": "orders", "exchange": "events", "routing_key": "order.created",
+     "properties": {"content_type": "application/json", "headers": {"tenant": 7}}, "mandatory": true}
+    <body bytes>
+
+(the object on one line). No connection id starts with ``{``, so the seed's
+``connection_id|queue|message`` and this form never meet, and existing
+producers are unaffected. Values may come as text (HTTP
 headers) or typed (JSON): ``"5"`` and ``5`` are the same priority. What AMQP
 itself cannot carry (a short string over 255 bytes, an octet over 255, an
 integer over 64 bits) is refused here too, not left to the encoder.
@@ -17,8 +28,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from app.amqp.connection import Envelope
-from app.core.errors import InvalidAddress, InvalidProperty
-from app.core.message import RESERVED_QUEUE
+from app.core.errors import InvalidAddress, InvalidProperty, MalformedBody
+from app.core.message import RESERVED_QUEUE, PublishRequest, check_conn_id, parse_body
 
 DEFAULT_EXCHANGE = "amq.default"  # how a URL names the default exchange (as RabbitMQ's management API does)
 MAX_SHORT = 255
@@ -29,6 +40,50 @@ TEXT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_
 PROPERTY_NAMES = (*TEXT_PROPERTIES, "expiration", "priority", "timestamp", "delivery_mode", "headers")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _INT64 = (-2**63, 2**63 - 1)
+ENVELOPE_START = b"{"
+ENVELOPE_FIELDS = ("connection_id", "exchange", "routing_key", "properties", "mandatory")
+
+
+def parse_record(data: bytes) -> PublishRequest:
+    """A batch record or ZeroMQ message: the envelope form if it starts with ``{``, else the seed's form."""
+    if data[:1] == ENVELOPE_START:
+        return parse_envelope(data)
+    return parse_body(data)
+
+
+def parse_envelope(data: bytes) -> PublishRequest:
+    """``{json}\\n<body>``: the message and its address, checked (400 naming what is wrong)."""
+    newline = data.find(b"\n")
+    if newline < 0:
+        raise MalformedBody("an envelope is a JSON object on one line, a newline, then the body")
+    try:  # it starts with "{": valid JSON is an object
+        head: dict[str, Any] = load_json(data[:newline].decode("utf-8"), "the envelope", MalformedBody)
+    except UnicodeDecodeError:
+        raise MalformedBody("the envelope is not valid UTF-8") from None
+    unknown = sorted(set(head) - set(ENVELOPE_FIELDS))
+    if unknown:
+        raise MalformedBody(f"the envelope has unknown field(s) {', '.join(map(repr, unknown))} "
+                            f"(it takes {', '.join(ENVELOPE_FIELDS)})")
+    conn_id, exchange = head.get("connection_id"), head.get("exchange")
+    routing_key, properties = head.get("routing_key", ""), head.get("properties", {})
+    if not isinstance(conn_id, str):
+        raise MalformedBody("the envelope needs a connection_id (a string)")
+    check_conn_id(conn_id)
+    if not isinstance(exchange, str) or not isinstance(routing_key, str):
+        raise InvalidAddress(f"the envelope needs an exchange (a string; {DEFAULT_EXCHANGE} or \"\" for the "
+                             "default one), and its routing_key is a string")
+    if not isinstance(properties, dict):
+        raise InvalidProperty("properties must be an object (AMQP property name: value)")
+    envelope = make_envelope(exchange, routing_key, data[newline + 1:], properties, head.get("mandatory"))
+    return PublishRequest(conn_id, envelope.key, envelope.body, envelope)
+
+
+def load_json(text: str, what: str, error: type[MalformedBody] | type[InvalidProperty]) -> Any:
+    """``text`` as JSON, or ``error`` naming ``what``: never a traceback, however deep or odd the input."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." deeper than the parser goes
+        raise error(f"{what} is not valid JSON ({exc.__class__.__name__})") from None
 
 
 def make_envelope(exchange: str, routing_key: str, body: bytes, properties: Mapping[str, Any],
@@ -70,11 +125,7 @@ def make_envelope(exchange: str, routing_key: str, body: bytes, properties: Mapp
 
 def headers_from_json(text: str) -> dict[str, Any]:
     """The headers table given as a JSON object (its values keep their JSON types)."""
-    try:
-        value = json.loads(text, parse_constant=_no_constant)
-    except ValueError as exc:
-        raise InvalidProperty(f"headers must be a JSON object ({exc.__class__.__name__})") from None
-    return check_headers(value)
+    return check_headers(load_json(text, "headers", InvalidProperty))
 
 
 def check_headers(value: Any, depth: int = 0) -> dict[str, Any]:

@@ -51,12 +51,13 @@ from app.core.errors import (
 )
 from app.core.group_commit import GroupCommit, Waiting
 from app.core.lifecycle import Status
+from app.core.message import PublishRequest
 from app.core.retry import RetryBudget
 from app.ops import metrics
 
 log = logging.getLogger(__name__)
 
-Addressed = tuple[str, str, bytes]  # (connection id, queue, body)
+Addressed = PublishRequest  # (connection id, queue, body[, envelope])
 
 ATTEMPTS_PER_BROKER = 2  # a lost connection is retried once more on the same broker
 
@@ -498,7 +499,7 @@ class Gateway:
         """
         deadline = time.monotonic() + self.settings.publish_timeout
         by_id: dict[str, tuple[Route, list[Waiting]]] = {}
-        for index, (conn_id, queue, body) in enumerate(messages):
+        for index, (conn_id, queue, body, envelope) in enumerate(messages):
             found = by_id.get(conn_id)
             if found is None:
                 try:
@@ -506,7 +507,7 @@ class Gateway:
                 except GatewayError as exc:
                     answer(index, exc)
                     continue
-            found[1].append(Waiting(queue, body, deadline, partial(answer, index)))
+            found[1].append(Waiting(queue, body, deadline, partial(answer, index), envelope))
         for route, waiting in by_id.values():
             route.commit.add_many(waiting)
 
@@ -530,7 +531,7 @@ class Gateway:
 
     def publish_batch(self, conn_id: str, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
         """Publish many messages of one id and wait for them; one outcome per message."""
-        return self.publish_all([(conn_id, queue, body) for queue, body in messages])
+        return self.publish_all([PublishRequest(conn_id, queue, body) for queue, body in messages])
 
     @property
     def ready(self) -> bool:

@@ -7,10 +7,13 @@ any bytes, and may be empty.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from app.config import CONN_ID_RE
 from app.core.errors import InvalidConnectionId, InvalidQueue, MalformedBody
+
+if TYPE_CHECKING:  # the relay process imports this module, and never pika
+    from app.amqp.connection import Envelope
 
 MAX_QUEUE_BYTES = 255  # AMQP short string
 # RabbitMQ's direct reply-to pseudo-queue: never a queue on the default
@@ -22,9 +25,12 @@ RESERVED_QUEUE = "amq.rabbitmq.reply-to"
 
 
 class PublishRequest(NamedTuple):
+    """One message for the gateway: the seed's ``(id, queue, body)``, or an envelope to any exchange."""
+
     conn_id: str
-    queue: str
+    queue: str  # the queue; for an envelope, its key (exchange/routing key), which circuits and nacks count by
     body: bytes
+    envelope: Envelope | None = None
 
 
 def check_conn_id(conn_id: str) -> str:

@@ -3,10 +3,13 @@
 Each message is framed by its length, so it may hold any bytes::
 
     <length>\\n<connection_id|queue|message>\\n
-    <length>\\n<connection_id|queue|message>\\n
+    <length>\\n<{"connection_id": ..., "exchange": ..., "routing_key": ...}\\n<message>>\\n
     ...
 
 ``length`` is the decimal byte count of the record between the two newlines.
+A record is the seed's ``connection_id|queue|message`` or, starting with
+``{``, the envelope form that names an exchange, a routing key and
+properties (:mod:`app.core.envelope`).
 The whole body is parsed and every record validated before anything is
 published: a framing error or a bad record (400, with its index) refuses the
 whole batch, so nothing a client sent is half-published for a reason the
@@ -16,8 +19,9 @@ per message.
 
 from __future__ import annotations
 
+from app.core.envelope import parse_record
 from app.core.errors import BadRequest, MalformedBody, PayloadTooLarge
-from app.core.message import PublishRequest, parse_body
+from app.core.message import PublishRequest
 
 _MAX_LENGTH_DIGITS = 10
 
@@ -42,7 +46,7 @@ def parse_batch(data: bytes, max_messages: int, max_message_size: int) -> list[P
         if stop >= end or data[stop:stop + 1] != b"\n":
             raise MalformedBody(f"record {index}: {length} bytes and a newline expected after byte {start}")
         try:
-            records.append(parse_body(data[start:stop]))
+            records.append(parse_record(data[start:stop]))
         except BadRequest as exc:
             # A new error of the same kind, naming the record (an error is never changed once raised).
             raise type(exc)(f"record {index}: {exc.detail}") from exc
@@ -53,5 +57,5 @@ def parse_batch(data: bytes, max_messages: int, max_message_size: int) -> list[P
 
 
 def encode_batch(records: list[bytes]) -> bytes:
-    """Frame ``connection_id|queue|message`` records as a batch body (for producers and tests)."""
+    """Frame records (either form) as a batch body (for producers and tests)."""
     return b"".join(b"%d\n%s\n" % (len(record), record) for record in records)

@@ -117,6 +117,9 @@ def document() -> dict[str, Any]:
             }},
             "/publish/batch": {"post": {
                 "summary": "Publish many messages: length-framed records, `<length>\\n<record>\\n` each.",
+                "description": "A record is `connection_id|queue|message`, or (starting with `{`) the envelope "
+                               "form: a JSON object on one line (connection_id, exchange, routing_key, "
+                               "properties, mandatory), a newline, then the message.",
                 "security": [{}, {"bearer": []}],
                 "requestBody": {"required": True,
                                 "content": _raw_body("20\nlocal|my_queue|first\n21\nlocal|my_queue|second\n")},

@@ -39,15 +39,20 @@ def publish_batch() -> Response:
         publisher = checks.check_publisher(request.headers.get("Authorization"))
         body = read_body(request.environ, gw.settings.batch_max_size, gw.settings.client_body_timeout)
         records = parse_batch(body, gw.settings.batch_max_messages, gw.settings.max_body_size)
+        for record in records:  # every record's scope first: 403 before 404, so ids stay private
+            if record.envelope is None:
+                checks.check_target(publisher, record.conn_id, record.queue)
+            else:
+                checks.check_exchange(publisher, record.conn_id, record.envelope.exchange,
+                                      record.envelope.routing_key)
         for index, record in enumerate(records):
-            checks.check_target(publisher, record.conn_id, record.queue)
             if record.conn_id not in gw.routes:
                 raise UnknownConnection(f"record {index}: connection id {record.conn_id!r} is not configured")
     except GatewayError as exc:
         metrics.publish_done("http_batch", metrics.UNKNOWN_ID, exc.code, time.perf_counter() - started)
         raise
     # The gateway splits them by id; an id removed meanwhile (a database change) fails its records only.
-    outcomes = gw.publish_all([(record.conn_id, record.queue, record.body) for record in records])
+    outcomes = gw.publish_all(records)
     elapsed = time.perf_counter() - started
     tally = metrics.PublishTally("http_batch")
     for record, outcome in zip(records, outcomes, strict=True):

@@ -7,8 +7,8 @@ wire formats are in :mod:`app.zmq.frames`. Two greenlets and a heartbeat:
 
 * the *reader* takes batches from the relay, at most ``ZMQ_MAX_IN_FLIGHT``
   messages unanswered (the relay's credits keep it there; past it the reader
-  stops reading), parses each body with :func:`app.core.message.parse_body` (so a
-  bad one gets the same 400 as over HTTP) and hands the good ones to
+  stops reading), parses each body with :func:`app.core.envelope.parse_record` (the
+  seed's form or the envelope form; a bad one gets the same 400 as over HTTP) and hands the good ones to
   :meth:`Gateway.publish_many`, which splits them by connection id into each
   id's group commit (:mod:`app.core.group_commit`, which HTTP shares: one
   confirm round trip per batch, not per message); each answer is queued as
@@ -35,10 +35,10 @@ import zmq.green as zmq
 from gevent.event import Event
 
 from app.amqp.connection import Outcome
+from app.core.envelope import parse_record
 from app.core.errors import GatewayError
 from app.core.gateway import Addressed, Gateway
 from app.core.lifecycle import Status
-from app.core.message import parse_body
 from app.ops import metrics
 from app.zmq.frames import BYE, HELLO, MESSAGES, OK, REPLIES, error_reply, pack, unpack
 
@@ -179,7 +179,7 @@ class ZmqIngress:
         parsed: list[Addressed] = []
         for tag, data in messages:
             try:
-                message = parse_body(data)
+                message = parse_record(data)
             except GatewayError as exc:
                 self._reply(tag, metrics.UNKNOWN_ID, exc)
                 continue

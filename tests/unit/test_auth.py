@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from app.config import ConfigError
 from app.http.auth import TokenTable, load_tokens, parse_tokens
+from app.http.batch import encode_batch
 from app.http.factory import create_app
 from tests.support.settings import broker, make_settings
 
@@ -146,3 +147,20 @@ def test_without_tokens_publish_is_open():
     resp = client.post("/publish", data=b"nope|q|m")
     assert resp.status_code == 404 and json.loads(resp.data)["error"] == "unknown_connection_id"
     assert client.get("/metrics").status_code == 200 and client.get("/pools").status_code == 200
+
+
+def test_batch_records_in_the_envelope_form_are_checked_against_exchange_scopes():
+    router = "router-token-0123456789abcdef"
+    settings = make_settings({"a": broker()}).replace(auth_tokens=f"router {router} a @events/order.*,plain.*")
+    client = create_app(settings).test_client()
+
+    def batch(*records: bytes) -> int:
+        return client.post("/publish/batch", data=encode_batch(list(records)),
+                           headers={"Authorization": f"Bearer {router}"}).status_code
+
+    allowed = b'{"connection_id": "a", "exchange": "events", "routing_key": "order.created"}\nm'
+    to_queue = b'{"connection_id": "a", "exchange": "amq.default", "routing_key": "plain.q"}\nm'
+    assert batch(b"a|plain.q|m", allowed, to_queue) == 404  # past every check: the pools are not started here
+    assert batch(allowed, b'{"connection_id": "a", "exchange": "events", "routing_key": "invoice.x"}\nm') == 403
+    assert batch(b'{"connection_id": "a", "exchange": "amq.default", "routing_key": "secret"}\nm') == 403
+    assert batch(b'{"connection_id": "b", "exchange": "events", "routing_key": "order.x"}\nm') == 403

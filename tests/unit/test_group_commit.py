@@ -11,6 +11,7 @@ from gevent.event import AsyncResult, Event
 from app.core.errors import ConfirmTimeout, GatewayError, PoolTimeout, UnknownConnection
 from app.core.gateway import Gateway
 from app.core.group_commit import MAX_BATCH, GroupCommit, Waiting
+from app.core.message import PublishRequest
 from tests.support.settings import broker, make_settings
 
 
@@ -129,7 +130,7 @@ def test_a_flusher_killed_mid_batch_answers_every_message_it_held():
 def test_publish_many_answers_an_unknown_id_at_once_and_in_its_place():
     gw = Gateway(make_settings({"a": broker()}), specs=[])  # no route: every id unknown
     answers: dict[int, object] = {}
-    gw.publish_many([("nope", "q", b"1"), ("nope", "q", b"2")], answers.__setitem__)
+    gw.publish_many([PublishRequest("nope", "q", b"1"), PublishRequest("nope", "q", b"2")], answers.__setitem__)
     assert sorted(answers) == [0, 1]
     assert all(isinstance(outcome, UnknownConnection) for outcome in answers.values())
     assert gw.publish_all([]) == []
@@ -138,5 +139,5 @@ def test_publish_many_answers_an_unknown_id_at_once_and_in_its_place():
 @pytest.mark.parametrize("count", [1, 3])
 def test_publish_all_answers_each_message_in_its_place(count):
     gw = Gateway(make_settings({"a": broker()}), specs=[])  # no route: every id unknown
-    outcomes = gw.publish_all([("nope", "q", b"%d" % i) for i in range(count)])
+    outcomes = gw.publish_all([PublishRequest("nope", "q", b"%d" % i) for i in range(count)])
     assert len(outcomes) == count and all(isinstance(o, UnknownConnection) for o in outcomes)
