@@ -12,6 +12,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from app.config.connections import CONN_ID_RE
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -153,3 +156,17 @@ def parse_log_level(text: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {text!r}")
     return level
+
+
+def parse_vhost_map(text: str) -> tuple[tuple[str, str], ...]:
+    """Space-separated ``vhost=connection_id`` pairs (a vhost percent-encoded if it holds a space or ``=``)."""
+    pairs: dict[str, str] = {}
+    for item in text.split():
+        vhost, sep, conn_id = item.rpartition("=")
+        if not sep or not vhost or not CONN_ID_RE.fullmatch(conn_id):
+            raise ValueError(f"expected vhost=connection_id pairs, got {item[:40]!r}")
+        vhost = unquote(vhost)
+        if vhost in pairs:
+            raise ValueError(f"vhost {vhost!r} is mapped twice")
+        pairs[vhost] = conn_id
+    return tuple(pairs.items())

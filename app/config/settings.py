@@ -33,6 +33,7 @@ from app.config.options import (
     parse_log_level,
     parse_ops_token,
     parse_text,
+    parse_vhost_map,
     parse_z85_keys,
     parse_zmq_address,
 )
@@ -141,6 +142,10 @@ class Settings:
         "Most messages in one `POST /publish/batch`.")
     batch_max_size: int = HTTP.option("BATCH_MAX_SIZE", "16777216", number(int, 1, 1024 * 1024 * 1024),
         "Largest `POST /publish/batch` body in bytes (each message is still held to `MAX_BODY_SIZE`).")
+    management_vhosts: tuple[tuple[str, str], ...] = HTTP.option("MANAGEMENT_VHOSTS", "", parse_vhost_map,
+        "The management-API-compatible `POST /api/exchanges/{vhost}/{exchange}/publish`: which connection id "
+        "serves each vhost, as space-separated `vhost=connection_id` pairs (`/=local orders=shop`; a vhost "
+        "percent-encoded if it holds a space or `=`). Empty: every vhost is `404 unknown_vhost`.")
     retry_after: int = HTTP.option("RETRY_AFTER", "1", number(int, 0, 3600),
         "Seconds put in the `Retry-After` header of a `503`.")
 

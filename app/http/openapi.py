@@ -32,6 +32,8 @@ _UNAVAILABLE = _json(_ERROR, "No broker of the id can take it now (`broker_unava
                              "was published "
                              "(`confirm_timeout`, `connection_lost`: retry with the same idempotency key).",
                      _RETRY_AFTER)
+_MANAGEMENT_ERROR = {"allOf": [_ERROR, {"type": "object", "properties": {"reason": {"type": "string"}},
+                                         "required": ["reason"]}]}
 _ONE_MESSAGE_ANSWERS = {
     "200": _json({"type": "object", "properties": {"status": {"const": "ok"}}, "required": ["status"]},
                  "RabbitMQ confirmed the message.", _REQUEST_ID),
@@ -141,6 +143,40 @@ def document() -> dict[str, Any]:
                     "503": _UNAVAILABLE,
                 },
             }},
+            "/api/exchanges/{vhost}/{exchange}/publish": {"post": {
+                "summary": "RabbitMQ's management API publish, answered alike, through the pools with confirms.",
+                "description": "The management API's own request body. `MANAGEMENT_VHOSTS` names the connection "
+                               "id of each vhost (`%2F` is `/`); `amq.default` is the default exchange. Published "
+                               "as mandatory: `200 {\"routed\": false}` once the broker confirmed it unroutable. "
+                               "HTTP Basic credentials carry a publish token as the password. Errors have the "
+                               "management API's `reason` beside `detail`.",
+                "security": [{}, {"bearer": []}, {"basic": []}],
+                "parameters": [
+                    {"name": "vhost", "in": "path", "required": True, "schema": {"type": "string"},
+                     "example": "%2F"},
+                    {"name": "exchange", "in": "path", "required": True, "schema": {"type": "string"},
+                     "example": "amq.default"},
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["properties", "routing_key", "payload",
+                                                              "payload_encoding"],
+                               "properties": {"properties": {"type": "object"},
+                                              "routing_key": {"type": "string"},
+                                              "payload": {"type": "string"},
+                                              "payload_encoding": {"enum": ["string", "base64"]}}},
+                    "examples": {"example": {"value": {
+                        "properties": {"delivery_mode": 2, "headers": {"tenant": "acme"}},
+                        "routing_key": "my_queue", "payload": "hello world", "payload_encoding": "string"}}},
+                }}},
+                "responses": {
+                    "200": _json({"type": "object", "properties": {"routed": {"type": "boolean"}},
+                                  "required": ["routed"]},
+                                 "RabbitMQ confirmed the message: routed to a queue, or not.", _REQUEST_ID),
+                    "4XX": _json(_MANAGEMENT_ERROR, _CLIENT_ERRORS["description"], _REQUEST_ID),
+                    "501": _json(_MANAGEMENT_ERROR, _CLIENT_ERRORS["description"], _REQUEST_ID),
+                    "503": _json(_MANAGEMENT_ERROR, _UNAVAILABLE["description"], _RETRY_AFTER),
+                },
+            }},
             "/healthz": {"get": {
                 "summary": "Liveness: the worker answers (no I/O).",
                 "responses": {"200": _json({"type": "object", "properties": {"status": {"const": "ok"}}},
@@ -176,7 +212,10 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "A publish token (AUTH_TOKENS_FILE) or OPS_TOKEN."}},
+                                           "description": "A publish token (AUTH_TOKENS_FILE) or OPS_TOKEN."},
+                                "basic": {"type": "http", "scheme": "basic",
+                                          "description": "The management API's credentials: the password is a "
+                                                         "publish token (the user name is free)."}},
             "schemas": {
                 "Error": {"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
                           "required": ["error", "detail"]},

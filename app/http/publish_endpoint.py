@@ -16,11 +16,15 @@ It also answers the exchange form, ``POST /publish/<id>/<exchange>/<routing key>
 routing key may be empty and may hold ``/``), whose body is the message, raw,
 and whose AMQP properties come from ``X-AMQP-<Property>`` headers
 (:data:`PROPERTY_HEADERS`), ``Idempotency-Key`` (the message id) and the W3C
-``traceparent``/``tracestate`` (copied into the message's headers).
+``traceparent``/``tracestate`` (copied into the message's headers); and the
+management API's publish, ``POST /api/exchanges/<vhost>/<exchange>/publish``
+(:mod:`app.http.management_api`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -35,13 +39,14 @@ from app.core.errors import (
     InvalidAddress,
     InvalidProperty,
     MethodNotAllowed,
+    Unroutable,
     http_answer,
     internal_error,
     status_line,
 )
 from app.core.gateway import Gateway
 from app.core.message import check_conn_id, parse_body
-from app.http import request_id
+from app.http import management_api, request_id
 from app.http.accesslog import CONN_ID_KEY
 from app.http.auth import Access
 from app.http.request_body import read_body
@@ -70,40 +75,51 @@ class PublishEndpoint:
         self.app = app
         self.gateway = gateway
         self.access = access
+        self.vhosts = dict(gateway.settings.management_vhosts)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        publish: Callable[[dict[str, Any]], None]
+        publish: Callable[[dict[str, Any]], bytes | None]  # the answer's body; None: the usual {"status": "ok"}
+        management = False
         if path == PATH:
             publish = self._publish
         elif path.startswith(PREFIX) and (parts := _address(environ)) is not None:
             publish = partial(self._publish_to, parts=parts)
+        elif path.startswith(management_api.PREFIX) and (pair := _management_address(environ)) is not None:
+            publish, management = partial(self._publish_management, vhost_exchange=pair), True
         else:
             return self.app(environ, start_response)
         rid = request_id.start(environ)
         try:
-            self._counted(environ, publish)
+            body = self._counted(environ, publish)
         except GatewayError as exc:
-            return self._answer(start_response, exc, rid)
+            return self._answer(start_response, exc, rid, management)
         except Exception:
-            return self._answer(start_response, internal_error(log, "while answering a request"), rid)
+            return self._answer(start_response, internal_error(log, "while answering a request"), rid, management)
         finally:
             request_id.finish()
-        start_response("200 OK", [*_OK_HEADERS, (request_id.HEADER, rid)])
-        return [_OK_BODY]
+        if body is None:
+            start_response("200 OK", [*_OK_HEADERS, (request_id.HEADER, rid)])
+            return [_OK_BODY]
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                  (request_id.HEADER, rid)])
+        return [body]
 
-    def _counted(self, environ: dict[str, Any], publish: Callable[[dict[str, Any]], None]) -> None:
+    def _counted(self, environ: dict[str, Any], publish: Callable[[dict[str, Any]], bytes | None]) -> bytes | None:
         """POST only; ``publish(environ)`` timed and counted by its outcome, under its id once configured."""
         if environ.get("REQUEST_METHOD") != "POST":
             raise MethodNotAllowed("method not allowed for this route", allow=("POST",))
         started = time.perf_counter()
         try:
-            publish(environ)
+            body = publish(environ)
         except GatewayError as exc:
             metrics.publish_done("http", environ.get(CONN_ID_KEY, metrics.UNKNOWN_ID), exc.code,
                                  time.perf_counter() - started)
             raise
-        metrics.publish_done("http", environ.get(CONN_ID_KEY, metrics.UNKNOWN_ID), "ok", time.perf_counter() - started)
+        outcome = "ok" if body is not management_api.NOT_ROUTED else Unroutable.code
+        metrics.publish_done("http", environ.get(CONN_ID_KEY, metrics.UNKNOWN_ID), outcome,
+                             time.perf_counter() - started)
+        return body
 
     def _name(self, environ: dict[str, Any], conn_id: str) -> None:
         # Only a configured id goes into logs and labels, never what a client made up.
@@ -111,15 +127,16 @@ class PublishEndpoint:
             logs.bind(conn_id=conn_id)
             environ[CONN_ID_KEY] = conn_id
 
-    def _publish(self, environ: dict[str, Any]) -> None:
+    def _publish(self, environ: dict[str, Any]) -> bytes | None:
         gw = self.gateway
         publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
         req = parse_body(read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout))
         self._name(environ, req.conn_id)
         self.access.check_target(publisher, req.conn_id, req.queue)  # 403 before 404: ids stay private
         gw.publish(req.conn_id, req.queue, req.body)
+        return None
 
-    def _publish_to(self, environ: dict[str, Any], parts: tuple[str, str, str]) -> None:
+    def _publish_to(self, environ: dict[str, Any], parts: tuple[str, str, str]) -> bytes | None:
         gw = self.gateway
         conn_id, exchange, routing_key = _decoded(parts)
         publisher = self.access.check_publisher(environ.get("HTTP_AUTHORIZATION"))  # 401 before the body
@@ -129,23 +146,47 @@ class PublishEndpoint:
         self.access.check_exchange(publisher, conn_id, envelope.exchange, routing_key)  # 403 before 404
         body = read_body(environ, gw.settings.max_body_size, gw.settings.client_body_timeout)
         gw.publish_to(conn_id, envelope._replace(body=body))
+        return None
 
-    def _answer(self, start_response: Callable[..., Any], exc: GatewayError, rid: str) -> list[bytes]:
+    def _publish_management(self, environ: dict[str, Any], vhost_exchange: tuple[str, str]) -> bytes:
+        gw = self.gateway
+        vhost, exchange = _decoded_management(vhost_exchange)
+        # The management API's Basic credentials: the password is the publish token.
+        publisher = self.access.check_publisher(_basic_as_bearer(environ.get("HTTP_AUTHORIZATION")))
+        conn_id = management_api.connection_for(self.vhosts, vhost)
+        self._name(environ, conn_id)
+        data = read_body(environ, management_api.body_limit(gw.settings.max_body_size),
+                         gw.settings.client_body_timeout)
+        envelope = management_api.parse_publish(data, exchange, gw.settings.max_body_size)
+        self.access.check_exchange(publisher, conn_id, envelope.exchange, envelope.routing_key)
+        try:
+            gw.publish_to(conn_id, envelope)
+        except Unroutable:
+            return management_api.NOT_ROUTED  # confirmed, and returned: the management API's 200
+        return management_api.ROUTED
+
+    def _answer(self, start_response: Callable[..., Any], exc: GatewayError, rid: str,
+                management: bool = False) -> list[bytes]:
         status, headers, body = http_answer(exc, self.gateway.settings.retry_after)
+        if management:
+            body = management_api.error_body(exc)
+            headers = [(k, str(len(body)) if k == "Content-Length" else v) for k, v in headers]
         start_response(status_line(status), [*headers, (request_id.HEADER, rid)])
         return [body]
 
 
-def _address(environ: dict[str, Any]) -> tuple[str, str, str] | None:
-    """``(id, exchange, routing key)`` of an exchange-form path, still percent-encoded; None if not that form.
-
-    Split on the path as sent (``RAW_URI``), before percent-decoding, so that an
-    exchange or routing key may hold an encoded ``/`` (``%2F``).
-    """
+def _raw_path(environ: dict[str, Any]) -> str:
+    """The path as sent (``RAW_URI``), before percent-decoding, so that a part may hold an encoded ``/``."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ.get("PATH_INFO", "")
     raw = raw.split("?", 1)[0].split("#", 1)[0]
     if not raw.startswith("/"):  # the absolute form, "POST http://host/publish/...": its path
         raw = urlsplit(raw).path
+    return raw
+
+
+def _address(environ: dict[str, Any]) -> tuple[str, str, str] | None:
+    """``(id, exchange, routing key)`` of an exchange-form path, still percent-encoded; None if not that form."""
+    raw = _raw_path(environ)
     if not raw.startswith(PREFIX):
         return None
     parts = raw[len(PREFIX):].split("/", 2)
@@ -154,12 +195,42 @@ def _address(environ: dict[str, Any]) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
-def _decoded(parts: tuple[str, str, str]) -> tuple[str, str, str]:
+def _management_address(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """``(vhost, exchange)`` of ``/api/exchanges/<vhost>/<exchange>/publish``, still percent-encoded; else None."""
+    raw = _raw_path(environ)
+    if not raw.startswith(management_api.PREFIX) or not raw.endswith(management_api.SUFFIX):
+        return None
+    parts = raw[len(management_api.PREFIX):-len(management_api.SUFFIX)].split("/")
+    if len(parts) != 2:
+        return None  # not the publish path: Flask's 404
+    # (An empty vhost is an unknown one; an empty exchange, the default one, as in the exchange form.)
+    return parts[0], parts[1]
+
+
+def _decoded(parts: tuple[str, ...]) -> tuple[str, ...]:
     try:
-        conn_id, exchange, routing_key = (unquote(part, errors="strict") for part in parts)
+        return tuple(unquote(part, errors="strict") for part in parts)
     except UnicodeDecodeError:
         raise InvalidAddress("the path is not valid UTF-8 once percent-decoded") from None
-    return conn_id, exchange, routing_key
+
+
+def _decoded_management(parts: tuple[str, str]) -> tuple[str, str]:
+    vhost, exchange = _decoded(parts)
+    return vhost, exchange
+
+
+def _basic_as_bearer(authorization: str | None) -> str | None:
+    """``Basic <user:token>`` as ``Bearer <token>`` (the management API's credentials); anything else as it is."""
+    if not authorization:
+        return authorization
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return authorization
+    try:
+        _user, sep, password = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, ValueError):
+        return None  # not Basic credentials at all: answered as no token
+    return f"Bearer {password}" if sep and password else None
 
 
 def _envelope(environ: dict[str, Any], exchange: str, routing_key: str, body: bytes) -> Envelope:

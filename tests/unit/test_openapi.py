@@ -9,8 +9,10 @@ def _served() -> set[tuple[str, str]]:
     app = create_app(settings_from_text("RMQ_CONN_STR,a,h:1/", "t", {}))
     served = {(rule.rule, method.lower()) for rule in app.url_map.iter_rules()
               for method in rule.methods - {"HEAD", "OPTIONS"}}
-    # POST /publish and the exchange form are answered in front of Flask (app/http/publish_endpoint.py).
-    return served | {("/publish", "post"), ("/publish/{connection_id}/{exchange}/{routing_key}", "post")}
+    # POST /publish, the exchange form and the management API's publish are answered in front of Flask
+    # (app/http/publish_endpoint.py).
+    return served | {("/publish", "post"), ("/publish/{connection_id}/{exchange}/{routing_key}", "post"),
+                     ("/api/exchanges/{vhost}/{exchange}/publish", "post")}
 
 
 def test_document_and_routes_agree():
