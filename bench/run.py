@@ -9,7 +9,8 @@ the same machine, never against a stored number:
    same guarantee (answered after RabbitMQ's confirm, persistent): mq-bridge's
    HTTP -> AMQP route (``bench/mq_bridge_peer.py``, Rust) and Flask + kombu's
    ProducerPool under the same gunicorn (``bench/kombu_app.py``); and RabbitMQ's
-   management HTTP publish endpoint;
+   management HTTP publish endpoint, beside the gateway's endpoint of the same
+   path and body (the same wrk load, side by side);
 3. a new pika connection per message (two processes);
 4. a no-op route of the same gunicorn + gevent + Flask stack (the ceiling),
    and the same no-op as plain WSGI (the floor of gunicorn + gevent alone);
@@ -163,7 +164,7 @@ class Server:
 
 
 def gateway_cfg(pool: int = 5, ids: int = 1) -> str:
-    lines = [f"NO_OF_CONNECTIOS,{pool}", "LOG_LEVEL,WARNING"]
+    lines = [f"NO_OF_CONNECTIOS,{pool}", "LOG_LEVEL,WARNING", "MANAGEMENT_VHOSTS,/=bench"]
     lines += [f"RMQ_CONN_STR,{'bench' if i == 0 else f'bench{i}'},guest:guest@127.0.0.1:5672/" for i in range(ids)]
     return "\n".join(lines) + "\n"
 
@@ -225,7 +226,8 @@ def broker_pid() -> int:
     return _BROKER_PID[0]
 
 
-def counted_run(url: str, body: str, seconds: float = SECONDS, pids: list[int] | None = None) -> dict[str, Any]:
+def counted_run(url: str, body: str, seconds: float = SECONDS, pids: list[int] | None = None,
+                headers: dict[str, str] | None = None) -> dict[str, Any]:
     """One wrk run against an empty queue; then every 2xx answer must be in the queue.
 
     With ``pids`` (the server's processes) it also says where a request's CPU went:
@@ -235,7 +237,7 @@ def counted_run(url: str, body: str, seconds: float = SECONDS, pids: list[int] |
     watched = {"server": pids or [], "broker": [broker_pid()]}
     before = {name: cpu_seconds(group) for name, group in watched.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = wrk(url, body, seconds=seconds)
+    result = wrk(url, body, headers, seconds=seconds)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     requests = max(result["requests"], 1)
     result["cpu_us_per_request"] = {
@@ -300,15 +302,22 @@ def bench_batch(per_request: int = 100) -> dict[str, Any]:
     return result
 
 
+MANAGEMENT_PATH = "/api/exchanges/%2F/amq.default/publish"
+MANAGEMENT_BODY = json.dumps({"properties": {"delivery_mode": 2}, "routing_key": QUEUE, "payload": BODY,
+                              "payload_encoding": "string"})
+
+
 def management_run() -> dict[str, Any]:
-    """One wrk run of RabbitMQ's own HTTP publish, same message, same queue, persistent."""
-    reset_queue()
-    payload = json.dumps({"properties": {"delivery_mode": 2}, "routing_key": QUEUE, "payload": BODY,
-                          "payload_encoding": "string"})
-    result = wrk("http://127.0.0.1:15672/api/exchanges/%2F/amq.default/publish", payload,
-                 {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type": "application/json"})
-    result["in_queue"] = queue_count()
-    return result
+    """One wrk run of RabbitMQ's own HTTP publish, same message, same queue, persistent; counted."""
+    return counted_run(f"http://127.0.0.1:15672{MANAGEMENT_PATH}", MANAGEMENT_BODY, pids=[],
+                       headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type": "application/json"})
+
+
+def gateway_management_run(server: Server) -> dict[str, Any]:
+    """The same request and load against the gateway's management-API-compatible endpoint; counted."""
+    return counted_run(f"http://127.0.0.1:{server.port}{MANAGEMENT_PATH}", MANAGEMENT_BODY,
+                       pids=[server.proc.pid, *server.worker_pids()],
+                       headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type": "application/json"})
 
 
 def noop_run(server: Server) -> dict[str, Any]:
@@ -327,7 +336,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def bench_http_rounds() -> dict[str, dict[str, Any]]:
     """The gateway, its peers, the management API and both no-op routes, in interleaved rounds."""
     runs: dict[str, list[dict[str, Any]]] = {"gateway": [], "mq_bridge": [], "kombu": [], "management": [],
-                                             "noop": [], "noop_bare": []}
+                                             "gateway_management": [], "noop": [], "noop_bare": []}
     with Server(gateway_cfg(), 2) as gateway, Server(gateway_cfg(), 2, app="bench.noop_app:app") as noop, \
             Server(gateway_cfg(), 2, app="bench.noop_app:bare") as bare, MqBridge() as bridge, \
             Server(gateway_cfg(), 2, app="bench.kombu_app:app") as kombu:
@@ -337,6 +346,7 @@ def bench_http_rounds() -> dict[str, dict[str, Any]]:
             runs["kombu"].append(counted_run(f"http://127.0.0.1:{kombu.port}/publish", f"bench|{QUEUE}|{BODY}",
                                              pids=[kombu.proc.pid, *kombu.worker_pids()]))
             runs["management"].append(management_run())
+            runs["gateway_management"].append(gateway_management_run(gateway))
             runs["noop"].append(noop_run(noop))
             runs["noop_bare"].append(noop_run(bare))
             log(f"round {round_}/{ROUNDS}: " + ", ".join(f"{k} {v[-1]['rps']:.0f}" for k, v in runs.items()))
@@ -422,7 +432,8 @@ def rss_kib(pid: int) -> int:
 
 def all_counted(results: dict[str, Any]) -> bool:
     """Every counted run (the gateway's rounds and scaling runs, the peers') found all its 2xx in the queue."""
-    return (all(bool(results[name]["counted"]) for name in ("gateway", "mq_bridge", "kombu", "batch"))
+    return (all(bool(results[name]["counted"])
+                for name in ("gateway", "mq_bridge", "kombu", "batch", "management", "gateway_management"))
             and all(row["counted"] for row in results["scaling"])
             and all(row["counted"] for row in results.get("cost_curves", [])))
 
@@ -445,6 +456,7 @@ def table(results: dict[str, Any]) -> str:
     for key, name in (("mq_bridge", "mq-bridge HTTP -> AMQP (Rust), answered after the confirm"),
                       ("kombu", "Flask + kombu ProducerPool (confirm_publish), same gunicorn"),
                       ("management", "RabbitMQ management API publish"),
+                      ("gateway_management", "gateway's management-API-compatible publish, same requests"),
                       ("conn_per_message", "new pika connection per message (2 processes)"),
                       ("noop", "no-op route, same gunicorn+gevent+Flask"),
                       ("noop_bare", "no-op route, same gunicorn+gevent, plain WSGI")):
@@ -471,11 +483,13 @@ def table(results: dict[str, Any]) -> str:
                  f"idle; with 10 ids: {m['rss_mib_10_ids_idle']:.1f} MiB idle, {m['rss_mib_10_ids_after_load']:.1f} "
                  f"MiB after load ({m['rss_mib_per_id']:.2f} MiB per id)."]
     cpu_rows = [(name, results[key]["cpu_us_per_request"]) for key, name in
-                (("gateway", "gateway"), ("mq_bridge", "mq-bridge"), ("kombu", "Flask + kombu"))
+                (("gateway", "gateway"), ("mq_bridge", "mq-bridge"), ("kombu", "Flask + kombu"),
+                 ("gateway_management", "gateway, management API's requests"),
+                 ("management", "RabbitMQ management API"))
                 if "cpu_us_per_request" in results[key]]
     if cpu_rows:
         rows += ["", "| CPU per request (µs) | server | broker | wrk |", "|---|---|---|---|"]
-        rows += [f"| {name} | {c['server']} | {c['broker']} | {c['wrk']} |" for name, c in cpu_rows]
+        rows += [f"| {name} | {c.get('server', '-')} | {c['broker']} | {c['wrk']} |" for name, c in cpu_rows]
         c = results["batch"]["cpu_us_per_message"]
         rows += [f"| gateway batch, per message | {c['server']} | {c['broker']} | {c['wrk']} |"]
     q = results.get("queue_types") or {}
@@ -499,10 +513,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = ["gateway", "mq-bridge (Rust)", "Flask + kombu", "gateway batch (msgs)", "management API",
-             "conn/message", "no-op route (Flask)", "no-op route (plain WSGI)"]
+             "gateway, management API's requests", "conn/message", "no-op route (Flask)",
+             "no-op route (plain WSGI)"]
     values = [results["gateway"]["rps"], results["mq_bridge"]["rps"], results["kombu"]["rps"],
               results["batch"]["msgs_per_s"]]
-    values += [results[k]["rps"] for k in ("management", "conn_per_message", "noop", "noop_bare")]
+    values += [results[k]["rps"] for k in ("management", "gateway_management", "conn_per_message", "noop",
+                                           "noop_bare")]
     z = results.get("zmq") or {}
     if "persistent" in z:
         names += ["ZeroMQ gateway (persistent)", "raw pika, no confirms (persistent)"]
@@ -549,6 +565,7 @@ def main() -> None:
         "gateway_over_mq_bridge": g / results["mq_bridge"]["rps"],
         "gateway_over_kombu": g / results["kombu"]["rps"],
         "gateway_over_management": g / results["management"]["rps"],
+        "gateway_management_over_management": results["gateway_management"]["rps"] / results["management"]["rps"],
         "gateway_over_conn_per_message": g / results["conn_per_message"]["rps"],
         "gateway_over_noop": g / results["noop"]["rps"],
         "gateway_over_noop_bare": g / results["noop_bare"]["rps"],
