@@ -5,7 +5,7 @@ reject-publish`` nacks it on every connection, and reconnecting changes
 nothing. But a channel can also be broken on its own: after a quorum queue's
 leader was killed, channels opened within a fraction of a second of the kill
 nacked every later publish (RabbitMQ 3.10) while fresh ones were fine. So,
-per route:
+per lane (the ids of one primary and backup pair, :mod:`app.core.lane`):
 
 * a connection that nacked ``NACK_RETIRE_AFTER`` messages in a row, with no
   ack between, is retired (closed cleanly, replaced), and the nacked messages
@@ -17,7 +17,7 @@ per route:
   period, not a reconnect every few messages; a broken channel is retired
   after a handful of nacks, whatever the queue.
 
-Nacks are logged, at most one line per ``LOG_INTERVAL`` per route with the
+Nacks are logged, at most one line per ``LOG_INTERVAL`` per lane with the
 count since the last line.
 """
 
@@ -31,14 +31,14 @@ from app.amqp.connection import BrokerConnection
 
 log = logging.getLogger(__name__)
 
-LOG_INTERVAL = 5.0  # seconds between two nack log lines of one route
+LOG_INTERVAL = 5.0  # seconds between two nack log lines of one lane
 
 
 class NackJudge:
-    """The nack rules of one route (see the module docstring)."""
+    """The nack rules of one lane (see the module docstring)."""
 
-    def __init__(self, conn_id: str, retire_after: int, queue_hold: float):
-        self.conn_id = conn_id
+    def __init__(self, name: str, retire_after: int, queue_hold: float):
+        self.name = name  # the lane's, in log lines
         self.retire_after = retire_after  # 0: never retire for nacks
         self.queue_hold = queue_hold
         self._queue_fate: dict[str, float] = {}  # queue -> monotonic time its nacks are its own until
@@ -77,7 +77,7 @@ class NackJudge:
             return
         names = sorted(set(queues))
         log.warning("broker %s nacked %d message(s) of %s since the last report (queues %s)",
-                    conn.address.display, self._unlogged, self.conn_id, ", ".join(names[:5]),
+                    conn.address.display, self._unlogged, self.name, ", ".join(names[:5]),
                     extra={"event": "nacked", "nacks": self._unlogged, **conn.log_fields})
         self._unlogged = 0
         self._logged_at = now

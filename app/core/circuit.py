@@ -34,7 +34,7 @@ class _Circuit:
 
 
 class QueueCircuits:
-    """The circuits of one route's queues (one per worker; no I/O, no greenlets)."""
+    """The circuits of one lane's queues (one per worker; no I/O, no greenlets)."""
 
     def __init__(self, open_for: float, confirm_timeout: float):
         self.open_for = open_for

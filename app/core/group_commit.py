@@ -3,12 +3,18 @@
 A round trip to the broker costs far more than a message in it (the confirm
 waits for the broker's fsync; each round trip costs the worker and the
 broker CPU of their own): publishing one message per round trip caps a
-worker at (connections / round trip). So every message of a connection id,
-whether it came as an HTTP ``POST /publish``, a record of a batch or a
-ZeroMQ frame, waits in that id's :class:`GroupCommit`, and up to ``width``
-flushers each take what is waiting (up to :data:`MAX_BATCH`) and publish it
-as one pipelined batch on one pooled connection, mapping the confirms back
-to each message's answer.
+worker at (connections / round trip). So every message, whether it came as
+an HTTP ``POST /publish``, a record of a batch or a ZeroMQ frame, waits in
+the :class:`GroupCommit` of its connection id's lane (the ids that share a
+primary and a backup endpoint share one: :mod:`app.core.lane`), and up to
+``width`` flushers each take what is waiting (up to :data:`MAX_BATCH`) and
+publish it as one pipelined batch on one pooled connection, mapping the
+confirms back to each message's answer.
+
+Messages wait in one queue per *owner* (a connection id's route). While
+several owners wait, a batch takes from each in turn, an equal share of
+:data:`MAX_BATCH` each (what one leaves goes to the others), so a flood on
+one id does not queue another id's messages behind all of it.
 
 A new flusher starts only when none is collecting, and it first lets the
 hub run what is ready (at most :data:`COLLECT_MAX_WAIT`), so requests that
@@ -24,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import gevent
 
@@ -38,47 +44,101 @@ MAX_BATCH = 1000  # messages one flusher publishes in one go (and most in one HT
 COLLECT_MAX_WAIT = 0.002  # seconds a new flusher waits at most for the hub to go idle
 
 Answer = Callable[[Outcome], None]
-PublishBatch = Callable[[Sequence[Message], float], list[Outcome]]
 
 
 class Waiting:
     """One message waiting for a flusher, and where its outcome goes."""
 
-    __slots__ = ("answer", "body", "deadline", "envelope", "queue")
+    __slots__ = ("answer", "body", "deadline", "envelope", "owner", "queue")
 
-    def __init__(self, queue: str, body: bytes, deadline: float, answer: Answer, envelope: Envelope | None = None):
+    def __init__(self, queue: str, body: bytes, deadline: float, answer: Answer, envelope: Envelope | None = None,
+                 owner: Hashable = None):
         self.queue = queue
         self.body = body
         self.deadline = deadline
         self.answer = answer
         self.envelope = envelope  # a message to an exchange, with properties; None: (queue, body)
+        self.owner = owner  # whose message it is (a route): batches share out among owners
+
+    @property
+    def message(self) -> Message:
+        """What the connection publishes."""
+        return self.envelope or (self.queue, self.body)
+
+
+PublishBatch = Callable[[Sequence[Waiting], float], list[Outcome]]
 
 
 class GroupCommit:
-    """Messages of one connection id, published in batches by up to ``width`` flushers."""
+    """Messages of one lane's owners, published in batches by up to ``width`` flushers."""
 
     def __init__(self, name: str, publish_batch: PublishBatch, width: int):
         self.name = name
         self.publish_batch = publish_batch
         self.width = width
-        self._queued: deque[Waiting] = deque()
+        self._queued: dict[Hashable, deque[Waiting]] = {}  # owner -> its waiting messages, owners in turn
+        self._unanswered: dict[Hashable, int] = {}  # owner -> messages taken and not yet answered
         self.flushers: set[gevent.Greenlet] = set()  # running now
         self._collecting = False
 
     def add(self, message: Waiting) -> None:
         """Queue one message; its ``answer`` is called once, from a flusher."""
-        self._queued.append(message)
+        self._queue_of(message.owner).append(message)
+        self._unanswered[message.owner] = self._unanswered.get(message.owner, 0) + 1
         self._wake()
 
     def add_many(self, messages: Sequence[Waiting]) -> None:
         """Queue many messages, in order."""
-        self._queued.extend(messages)
+        for message in messages:
+            self._queue_of(message.owner).append(message)
+            self._unanswered[message.owner] = self._unanswered.get(message.owner, 0) + 1
         self._wake()
 
     @property
     def busy(self) -> bool:
         """Messages are waiting or being published."""
         return bool(self._queued) or bool(self.flushers)
+
+    def busy_for(self, owner: Hashable) -> bool:
+        """Messages of ``owner`` are waiting or being published."""
+        return owner in self._unanswered
+
+    def _queue_of(self, owner: Hashable) -> deque[Waiting]:
+        queue = self._queued.get(owner)
+        if queue is None:
+            queue = self._queued[owner] = deque()
+        return queue
+
+    def _take(self) -> list[Waiting]:
+        """The next batch: up to MAX_BATCH, an equal share from each owner waiting (the rest to the others)."""
+        queued = self._queued
+        if len(queued) == 1:  # the usual case: one owner, in order
+            owner, queue = next(iter(queued.items()))
+            batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+            if not queue:
+                del queued[owner]
+            return batch
+        batch = []
+        while queued and len(batch) < MAX_BATCH:
+            share = max(1, (MAX_BATCH - len(batch)) // len(queued))
+            for owner in list(queued):
+                queue = queued[owner]
+                batch.extend(queue.popleft() for _ in range(min(len(queue), share, MAX_BATCH - len(batch))))
+                del queued[owner]
+                if queue:
+                    queued[owner] = queue  # to the end of the turn
+                if len(batch) >= MAX_BATCH:
+                    break
+        return batch
+
+    def _answer(self, message: Waiting, outcome: Outcome) -> None:
+        owner = message.owner
+        left = self._unanswered.get(owner, 1) - 1
+        if left > 0:
+            self._unanswered[owner] = left
+        else:
+            self._unanswered.pop(owner, None)
+        message.answer(outcome)
 
     def _wake(self) -> None:
         # A collecting flusher takes what was just queued; a busy one takes it
@@ -97,7 +157,7 @@ class GroupCommit:
                 gevent.idle()
             while self._queued:
                 self._collecting = False
-                batch = [self._queued.popleft() for _ in range(min(len(self._queued), MAX_BATCH))]
+                batch = self._take()
                 answered = 0
                 batch = self._answer_expired(batch)
                 if batch:
@@ -105,12 +165,12 @@ class GroupCommit:
                     outcomes = self._publish(batch)
                     for message, outcome in zip(batch, outcomes, strict=True):
                         answered += 1
-                        message.answer(outcome)
+                        self._answer(message, outcome)
                 batch = []
         finally:
             # Killed mid-batch (never expected): its messages may have gone out.
             for message in batch[answered:]:
-                message.answer(ConfirmTimeout("publisher stopped before the confirm"))
+                self._answer(message, ConfirmTimeout("publisher stopped before the confirm"))
             self._collecting = False
             self.flushers.discard(gevent.getcurrent())
             if self._queued:
@@ -118,13 +178,11 @@ class GroupCommit:
 
     def _publish(self, batch: list[Waiting]) -> list[Outcome]:
         try:
-            messages: list[Message] = [m.envelope or (m.queue, m.body) for m in batch]
-            return self.publish_batch(messages, min(m.deadline for m in batch))
+            return self.publish_batch(batch, min(m.deadline for m in batch))
         except Exception:
-            return [internal_error(log, "publishing a batch", conn_id=self.name)] * len(batch)
+            return [internal_error(log, "publishing a batch", lane=self.name)] * len(batch)
 
-    @staticmethod
-    def _answer_expired(batch: list[Waiting]) -> list[Waiting]:
+    def _answer_expired(self, batch: list[Waiting]) -> list[Waiting]:
         """Answer the messages whose deadline passed while every flusher was busy; the others."""
         now = time.monotonic()
         if all(m.deadline > now for m in batch):
@@ -134,5 +192,5 @@ class GroupCommit:
             if message.deadline > now:
                 live.append(message)
             else:
-                message.answer(PoolTimeout("every publisher was busy until the deadline; not published"))
+                self._answer(message, PoolTimeout("every publisher was busy until the deadline; not published"))
         return live

@@ -31,7 +31,7 @@ class FakeBroker:
         self.concurrent += 1
         self.most_concurrent = max(self.most_concurrent, self.concurrent)
         try:
-            self.batches.append([body for _, body in messages])
+            self.batches.append([waiting.body for waiting in messages])
             self.release.wait()
             gevent.sleep(self.delay)
             if self.fail is not None:
@@ -125,6 +125,30 @@ def test_a_flusher_killed_mid_batch_answers_every_message_it_held():
     for _, result in pairs:
         assert isinstance(result.get(timeout=5), ConfirmTimeout)
     assert not commit.busy
+
+
+def test_owners_waiting_together_share_each_batch_and_keep_their_order():
+    broker = FakeBroker()
+    broker.release.clear()  # the one flusher holds a batch while both owners queue up
+    commit = GroupCommit("lane", broker, width=1)
+    first, _ = waiting(b"first")
+    commit.add(first)
+    gevent.sleep(0.01)
+    flood = [Waiting("q", b"a%d" % i, time.monotonic() + 5, lambda _o: None, owner="A") for i in range(3 * MAX_BATCH)]
+    trickle = [Waiting("q", b"b%d" % i, time.monotonic() + 5, lambda _o: None, owner="B") for i in range(10)]
+    commit.add_many(flood)
+    commit.add_many(trickle)
+    assert commit.busy_for("A") and commit.busy_for("B")
+    broker.release.set()
+    with gevent.Timeout(5):
+        while commit.busy:
+            gevent.sleep(0.01)
+    second = broker.batches[1]
+    # B's ten ride in the very next batch, beside A's share, not behind A's 3,000.
+    assert len(second) == MAX_BATCH and [b for b in second if b.startswith(b"b")] == [b"b%d" % i for i in range(10)]
+    sent_a = [b for batch in broker.batches for b in batch if b.startswith(b"a")]
+    assert sent_a == [b"a%d" % i for i in range(3 * MAX_BATCH)]  # each owner's order kept
+    assert not commit.busy_for("A") and not commit.busy_for("B")
 
 
 def test_publish_many_answers_an_unknown_id_at_once_and_in_its_place():
