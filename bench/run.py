@@ -483,6 +483,12 @@ def table(results: dict[str, Any]) -> str:
                         f"| - | {f['ratio_best']:.2f} |")
             rows.append(f"| raw pika, {mode}, with confirms (pipelined) | {f['raw_confirmed_best']:.0f} msg/s "
                         f"| - | - | - | {f['ratio_to_raw_confirmed']:.2f} |")
+    if "multi_id" in z:
+        f = z["multi_id"]
+        rows.append(f"| ZeroMQ through the gateway, {f['ids']} ids x {f['ids']} queues, persistent, confirmed "
+                    f"| {f['gateway_best']:.0f} msg/s | - | - | - | 1.00 |")
+        rows.append(f"| raw pika, the same {f['ids']} queues, with confirms (pipelined) "
+                    f"| {f['raw_confirmed_best']:.0f} msg/s | - | - | - | {f['ratio_to_raw_confirmed']:.2f} |")
     rows += ["", "| workers | pool size | req/s | p99 ms |", "|---|---|---|---|"]
     rows += [f"| {r['workers']} | {r['pool']} | {r['rps']:.0f} | {r['p99_ms']:.1f} |" for r in results["scaling"]]
     counted = "every one" if all_counted(results) else "NOT EVERY ONE: MESSAGES LOST"
@@ -583,6 +589,9 @@ def main() -> None:
     for mode in ("persistent", "transient"):
         if mode in (results["zmq"] or {}):
             results["ratios"][f"zmq_over_raw_pika_{mode}"] = results["zmq"][mode]["ratio_best"]
+            results["ratios"][f"zmq_over_raw_pika_confirmed_{mode}"] = results["zmq"][mode]["ratio_to_raw_confirmed"]
+    if "multi_id" in (results["zmq"] or {}):
+        results["ratios"]["zmq_multi_id_over_raw_pika_confirmed"] = results["zmq"]["multi_id"]["ratio_to_raw_confirmed"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2)
     (RESULTS / "latest.json").write_text(text + "\n")

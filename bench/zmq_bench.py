@@ -15,7 +15,9 @@ counted in the queue. Raw and gateway rounds alternate and the best round of
 each is compared (on a shared machine the best round is the least disturbed;
 medians are printed too). A third figure, one pika connection publishing
 *with* confirms (pipelined), shows the broker's own ceiling for confirmed
-publishing. Prints a table and one JSON line.
+publishing. The multi-id case (``--ids``, 4) does the same with persistent
+messages spread over several connection ids, each with its own queue, against
+that ceiling over the same queues. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def raw_round(queue: str, count: int, size: int, persistent: bool) -> float:
     return count / elapsed
 
 
-def raw_confirmed_round(queue: str, count: int, size: int, persistent: bool, window: int = 2000,
+def raw_confirmed_round(queue: str | list[str], count: int, size: int, persistent: bool, window: int = 2000,
                         amqp: str = AMQP) -> float:
     """Messages per second of one pika connection publishing WITH confirms, pipelined.
 
@@ -78,6 +80,7 @@ def raw_confirmed_round(queue: str, count: int, size: int, persistent: bool, win
     on one connection, to show how much of the gap is the broker's.
     """
     params = params_for(amqp)
+    queues = [queue] if isinstance(queue, str) else queue  # several: one after the other, in turn
     body = b"x" * size
     props = pika.BasicProperties(delivery_mode=2 if persistent else 1)
     outstanding: deque[int] = deque()
@@ -87,7 +90,7 @@ def raw_confirmed_round(queue: str, count: int, size: int, persistent: bool, win
     def publish_more() -> None:
         channel = channel_box[0]
         while state["sent"] < count and len(outstanding) < window:
-            channel.basic_publish("", queue, body, props)
+            channel.basic_publish("", queues[state["sent"] % len(queues)], body, props)
             state["sent"] += 1
             outstanding.append(state["sent"])
 
@@ -121,19 +124,20 @@ def raw_confirmed_round(queue: str, count: int, size: int, persistent: bool, win
     return count / (state["ended"] - state["started"])
 
 
-def _producer(address: str, queue: str, count: int, size: int, window: int, start_at: float,
+def _producer(address: str, targets: list[tuple[str, str]], count: int, size: int, window: int, start_at: float,
               results: multiprocessing.Queue) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(address)
-    body = b"bench|" + queue.encode() + b"|" + b"x" * size
+    # One body per (id, queue), sent in turn.
+    bodies = [f"{conn_id}|{queue}|".encode() + b"x" * size for conn_id, queue in targets]
     ok = errors = sent = received = 0
     time.sleep(max(start_at - time.time(), 0))
     started = time.perf_counter()
     while received < count:
         while sent < count and sent - received < window:
-            sock.send_multipart([b"%d" % sent, body])
+            sock.send_multipart([b"%d" % sent, bodies[sent % len(bodies)]])
             sent += 1
         frames = sock.recv_multipart()
         while True:
@@ -151,12 +155,15 @@ def _producer(address: str, queue: str, count: int, size: int, window: int, star
     ctx.term()
 
 
-def gateway_round(address: str, queue: str, count: int, size: int, producers: int, window: int) -> dict:
-    """Messages per second through the gateway, every one confirmed."""
+def gateway_round(address: str, queue: str | list[tuple[str, str]], count: int, size: int, producers: int,
+                  window: int) -> dict:
+    """Messages per second through the gateway (to ``bench|queue``, or to each (id, queue) in turn), all confirmed."""
+    targets = [("bench", queue)] if isinstance(queue, str) else queue
     results: multiprocessing.Queue = multiprocessing.Queue()
     share = count // producers
     start_at = time.time() + 0.5  # all connected before the clock starts
-    procs = [multiprocessing.Process(target=_producer, args=(address, queue, share, size, window, start_at, results))
+    procs = [multiprocessing.Process(target=_producer, args=(address, targets, share, size, window, start_at,
+                                                             results))
              for _ in range(producers)]
     for proc in procs:
         proc.start()
@@ -172,11 +179,12 @@ def gateway_round(address: str, queue: str, count: int, size: int, producers: in
 class Gateway:
     """gunicorn with the gateway, 2 workers, ZeroMQ at an ipc:// address in a temp dir."""
 
-    def __init__(self, workers: int, in_flight: int, persistent: bool):
+    def __init__(self, workers: int, in_flight: int, persistent: bool, ids: tuple[str, ...] = ("bench",)):
         self.dir = tempfile.mkdtemp(prefix="zmq-bench-")
         self.address = f"ipc://{self.dir}/feed"
         self.cfg = Path(self.dir) / "pool.cfg"
-        self.cfg.write_text(f"RMQ_CONN_STR,bench,{AMQP}\nZMQ_SOCK_ADDRESS,{self.address}\n"
+        self.cfg.write_text("".join(f"RMQ_CONN_STR,{conn_id},{AMQP}\n" for conn_id in ids) +
+                            f"ZMQ_SOCK_ADDRESS,{self.address}\n"
                             f"ZMQ_MAX_IN_FLIGHT,{in_flight}\nPERSISTENT,{str(persistent).lower()}\n"
                             "LOG_LEVEL,WARNING\n")
         with __import__("socket").socket() as s:
@@ -239,6 +247,41 @@ def compare(args: argparse.Namespace, channel: object, queue: str, persistent: b
     }
 
 
+def compare_ids(args: argparse.Namespace, channel: object, queues: list[str]) -> dict:
+    """Persistent messages spread over ``len(queues)`` ids, one queue each, against the confirmed ceiling."""
+    ids = tuple(f"bench{i}" for i in range(len(queues)))
+    targets = list(zip(ids, queues, strict=True))
+    gateway = Gateway(args.workers, args.in_flight, True, ids)
+    via: list[float] = []
+    confirmed: list[float] = []
+
+    def purge() -> None:
+        for queue in queues:
+            channel.queue_purge(queue)  # type: ignore[attr-defined]
+
+    try:
+        gateway_round(gateway.address, targets, 10_000, args.size, args.producers, args.window)  # warm-up
+        purge()
+        for number in range(1, args.rounds + 1):
+            result = gateway_round(gateway.address, targets, args.messages, args.size, args.producers, args.window)
+            in_queues = sum(channel.queue_declare(q, passive=True).method.message_count  # type: ignore[attr-defined]
+                            for q in queues)
+            purge()
+            if result["ok"] != args.messages or in_queues != args.messages:
+                raise SystemExit(f"{len(ids)} ids, round {number}: {result['ok']} OK, {result['errors']} ERR, "
+                                 f"{in_queues} in the queues; expected {args.messages}")
+            via.append(result["rate"])
+            confirmed.append(raw_confirmed_round(queues, args.messages, args.size, True))
+            purge()
+            print(f"{len(ids)} ids round {number}: gateway {via[-1]:,.0f} msg/s   (raw with confirms, the same "
+                  f"{len(queues)} queues, {confirmed[-1]:,.0f} msg/s)", file=sys.stderr)
+    finally:
+        gateway.stop()
+    return {"ids": len(ids), "gateway_best": round(max(via)), "gateway_median": round(statistics.median(via)),
+            "raw_confirmed_best": round(max(confirmed)),
+            "ratio_to_raw_confirmed": round(max(via) / max(confirmed), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50_000)
@@ -249,6 +292,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5000, help="unanswered messages per producer")
     parser.add_argument("--in-flight", type=int, default=2000, help="ZMQ_MAX_IN_FLIGHT")
     parser.add_argument("--mode", choices=("persistent", "transient", "both"), default="both")
+    parser.add_argument("--ids", type=int, default=4, help="ids (a queue each) of the multi-id case; 0: none")
     args = parser.parse_args()
 
     admin = _blocking()
@@ -258,17 +302,28 @@ def main() -> None:
     modes = ("persistent", "transient") if args.mode == "both" else (args.mode,)
     figures: dict = {"messages": args.messages, "size": args.size, "workers": args.workers,
                      "producers": args.producers}
+    queues = [f"{queue}.{i}" for i in range(args.ids)]
+    for name in queues:
+        channel.queue_declare(name, durable=True)
     try:
         for mode in modes:
             figures[mode] = compare(args, channel, queue, mode == "persistent")
+        if queues:
+            figures["multi_id"] = compare_ids(args, channel, queues)
     finally:
-        channel.queue_delete(queue)
+        for name in (queue, *queues):
+            channel.queue_delete(name)
         admin.close()
     for mode in modes:
         f = figures[mode]
         print(f"{mode:>10}: raw pika, no confirms {f['raw_best']:>7,} msg/s | gateway, ZeroMQ + confirms "
               f"{f['gateway_best']:>7,} msg/s | {f['ratio_best']:.2f}x (medians {f['ratio_median']:.2f}x; "
               f"target 0.8x) | raw pika WITH confirms {f['raw_confirmed_best']:>7,} msg/s")
+    if "multi_id" in figures:
+        f = figures["multi_id"]
+        print(f"{f['ids']} ids, {f['ids']} queues, persistent: gateway, ZeroMQ + confirms {f['gateway_best']:>7,} "
+              f"msg/s | raw pika WITH confirms, the same queues {f['raw_confirmed_best']:>7,} msg/s | "
+              f"{f['ratio_to_raw_confirmed']:.2f}x")
     print(json.dumps(figures))
 
 
