@@ -39,9 +39,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import gevent
+from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
 from app.http.client_guard import PENDING
+from app.http.fast_path import FastPath, Replay
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class GatewayWorker(GeventWorker):
         self._on_stopping: list[Callable[[], None]] = []
         self._alive = False
         super().__init__(*args, **kwargs)
+        self.fast_path: FastPath | None = None  # set once the app is loaded
         self.open_connections = 0
         self.soft_limit = max(1, self.worker_connections - max(1, int(self.worker_connections * HEADROOM_RATIO)))
 
@@ -96,6 +99,19 @@ class GatewayWorker(GeventWorker):
             over = self.open_connections - self.soft_limit
             if over > 0:
                 PENDING.shed(over)
+            if self.fast_path is not None:
+                try:
+                    rest = self.fast_path.serve(client, listener.getsockname(), addr)
+                except OSError:  # the client went away mid-answer, as gunicorn lets it
+                    rest = None
+                except Exception:
+                    log.exception("unexpected error on the fast publish path", extra={"event": "internal_error"})
+                    rest = None
+                if rest is None:
+                    util.close(client)
+                    return
+                if rest:
+                    client = Replay(client, rest)
             super().handle(listener, client, addr)
         finally:
             self.open_connections -= 1
@@ -105,6 +121,9 @@ class GatewayWorker(GeventWorker):
         super().load_wsgi()
         app: WSGIApp = self.wsgi  # type: ignore[has-type]  # set by gunicorn's load_wsgi
         self.wsgi = _HonourConnectionClose(app)
+        services = getattr(app, "extensions", {}).get("services")  # the gateway's app (not a test's stand-in)
+        if services is not None and FastPath.applies(self.cfg):
+            self.fast_path = FastPath(self, self.wsgi, services.settings.max_body_size)
 
     @contextmanager
     def timeout_ctx(self) -> Iterator[None]:
