@@ -12,6 +12,11 @@ the oldest connections that have not delivered a complete request
 closed, a body still arriving is answered ``503 overloaded``; so the worker
 keeps accepting past its limit, rather than leave every newcomer in the backlog.
 
+It serves the plain ``POST /publish`` requests of a connection itself
+(:mod:`app.http.fast_path`: gunicorn's C parser, the same WSGI app, one
+``send`` per answer) and hands the connection to gunicorn's own loop at its
+first request that is not plain, with the bytes not yet answered.
+
 It also honours an application's ``Connection: close``: gunicorn drops that
 header as hop-by-hop and keeps the connection open, but after a body that was
 cut short, malformed or left unread the rest of the connection cannot be
@@ -63,6 +68,7 @@ class GatewayWorker(GeventWorker):
         self._alive = False
         super().__init__(*args, **kwargs)
         self.fast_path: FastPath | None = None  # set once the app is loaded
+        self._listener_names: dict[Any, Any] = {}
         self.open_connections = 0
         self.soft_limit = max(1, self.worker_connections - max(1, int(self.worker_connections * HEADROOM_RATIO)))
 
@@ -100,8 +106,11 @@ class GatewayWorker(GeventWorker):
             if over > 0:
                 PENDING.shed(over)
             if self.fast_path is not None:
+                # As gunicorn's gevent worker does first: an accepted socket may inherit the
+                # listener's non-blocking mode, and a recv before the request arrived would fail.
+                client.setblocking(1)
                 try:
-                    rest = self.fast_path.serve(client, listener.getsockname(), addr)
+                    rest = self.fast_path.serve(client, self._listener_name(listener), addr)
                 except OSError:  # the client went away mid-answer, as gunicorn lets it
                     rest = None
                 except Exception:
@@ -115,6 +124,13 @@ class GatewayWorker(GeventWorker):
             super().handle(listener, client, addr)
         finally:
             self.open_connections -= 1
+
+    def _listener_name(self, listener: Any) -> Any:
+        """The listener's address, asked once (a listener closed while the worker stops has none to give)."""
+        name = self._listener_names.get(listener)
+        if name is None:
+            name = self._listener_names[listener] = listener.getsockname()
+        return name
 
     def load_wsgi(self) -> None:
         """Load the app, wrapped so that its ``Connection: close`` closes the connection."""
