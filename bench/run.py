@@ -173,11 +173,14 @@ def gateway_cfg(pool: int = 5, ids: int = 1) -> str:
 
 
 def wrk(url: str, body: str, headers: dict[str, str] | None = None, seconds: float = SECONDS,
-        spread: list[str] | None = None) -> dict[str, Any]:
+        spread: list[str] | None = None, pause_ms: int = 0) -> dict[str, Any]:
     """Run wrk with a POST body; requests/s, p50/p99 in ms, and the non-2xx count.
 
     With ``spread`` (connection ids), each request takes the next id in turn:
-    the body ``<id>|<body>``, the same load spread over every id.
+    the body ``<id>|<body>``, the same load spread over every id. With
+    ``pause_ms``, each connection waits that long after each answer: a load of
+    about CONNECTIONS x 1000 / pause_ms requests a second whatever the server's
+    speed, rather than as much as it takes.
     """
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}"]
@@ -187,6 +190,8 @@ def wrk(url: str, body: str, headers: dict[str, str] | None = None, seconds: flo
         lines += ["local ids = {" + ", ".join(json.dumps(conn_id) for conn_id in spread) + "}", "local turn = 0",
                   "request = function()", "  turn = turn % #ids + 1",
                   f"  return wrk.format(nil, nil, nil, ids[turn] .. {json.dumps('|' + body)})", "end"]
+    if pause_ms:
+        lines += [f"delay = function() return {pause_ms} end"]
     script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
@@ -236,7 +241,8 @@ def broker_pid() -> int:
 
 
 def counted_run(url: str, body: str, seconds: float = SECONDS, pids: list[int] | None = None,
-                headers: dict[str, str] | None = None, spread: list[str] | None = None) -> dict[str, Any]:
+                headers: dict[str, str] | None = None, spread: list[str] | None = None,
+                pause_ms: int = 0) -> dict[str, Any]:
     """One wrk run against an empty queue; then every 2xx answer must be in the queue.
 
     With ``pids`` (the server's processes) it also says where a request's CPU went:
@@ -246,7 +252,7 @@ def counted_run(url: str, body: str, seconds: float = SECONDS, pids: list[int] |
     watched = {"server": pids or [], "broker": [broker_pid()]}
     before = {name: cpu_seconds(group) for name, group in watched.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = wrk(url, body, headers, seconds=seconds, spread=spread)
+    result = wrk(url, body, headers, seconds=seconds, spread=spread, pause_ms=pause_ms)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     requests = max(result["requests"], 1)
     result["cpu_us_per_request"] = {
