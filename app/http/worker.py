@@ -116,6 +116,9 @@ class GatewayWorker(GeventWorker):
                 except Exception:
                     log.exception("unexpected error on the fast publish path", extra={"event": "internal_error"})
                     rest = None
+                except BaseException:  # killed (the worker's graceful timeout ran out): close, then go on dying
+                    util.close(client)
+                    raise
                 if rest is None:
                     util.close(client)
                     return
