@@ -318,6 +318,7 @@ def bench_batch(per_request: int = 100) -> dict[str, Any]:
 
 
 MANAGEMENT_PATH = "/api/exchanges/%2F/amq.default/publish"
+MANAGEMENT_HEADERS = {"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type": "application/json"}
 MANAGEMENT_BODY = json.dumps({"properties": {"delivery_mode": 2}, "routing_key": QUEUE, "payload": BODY,
                               "payload_encoding": "string"})
 
@@ -325,14 +326,14 @@ MANAGEMENT_BODY = json.dumps({"properties": {"delivery_mode": 2}, "routing_key":
 def management_run() -> dict[str, Any]:
     """One wrk run of RabbitMQ's own HTTP publish, same message, same queue, persistent; counted."""
     return counted_run(f"http://127.0.0.1:15672{MANAGEMENT_PATH}", MANAGEMENT_BODY, pids=[],
-                       headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type": "application/json"})
+                       headers=MANAGEMENT_HEADERS)
 
 
 def gateway_management_run(server: Server) -> dict[str, Any]:
     """The same request and load against the gateway's management-API-compatible endpoint; counted."""
     return counted_run(f"http://127.0.0.1:{server.port}{MANAGEMENT_PATH}", MANAGEMENT_BODY,
                        pids=[server.proc.pid, *server.worker_pids()],
-                       headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q=", "Content-Type": "application/json"})
+                       headers=MANAGEMENT_HEADERS)
 
 
 def noop_run(server: Server) -> dict[str, Any]:

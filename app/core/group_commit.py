@@ -83,15 +83,13 @@ class GroupCommit:
 
     def add(self, message: Waiting) -> None:
         """Queue one message; its ``answer`` is called once, from a flusher."""
-        self._queue_of(message.owner).append(message)
-        self._unanswered[message.owner] = self._unanswered.get(message.owner, 0) + 1
+        self._enqueue(message)
         self._wake()
 
     def add_many(self, messages: Sequence[Waiting]) -> None:
         """Queue many messages, in order."""
         for message in messages:
-            self._queue_of(message.owner).append(message)
-            self._unanswered[message.owner] = self._unanswered.get(message.owner, 0) + 1
+            self._enqueue(message)
         self._wake()
 
     @property
@@ -103,11 +101,13 @@ class GroupCommit:
         """Messages of ``owner`` are waiting or being published."""
         return owner in self._unanswered
 
-    def _queue_of(self, owner: Hashable) -> deque[Waiting]:
+    def _enqueue(self, message: Waiting) -> None:
+        owner = message.owner
         queue = self._queued.get(owner)
         if queue is None:
             queue = self._queued[owner] = deque()
-        return queue
+        queue.append(message)
+        self._unanswered[owner] = self._unanswered.get(owner, 0) + 1
 
     def _take(self) -> list[Waiting]:
         """The next batch: up to MAX_BATCH, an equal share from each owner waiting (the rest to the others)."""

@@ -333,9 +333,13 @@ class Lanes:
         self._lanes: dict[tuple[tuple[str, int], ...], Lane] = {}
         self._users: dict[Lane, set[Route]] = {}
 
+    @staticmethod
+    def _key(brokers: Brokers) -> tuple[tuple[str, int], ...]:
+        return tuple((role, id(pool)) for role, pool in brokers)
+
     def attach(self, brokers: Brokers, route: Route) -> Lane:
         """The lane of these (role, pool) pairs (made if new), now used by ``route``."""
-        key = tuple((role, id(pool)) for role, pool in brokers)
+        key = self._key(brokers)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = Lane(brokers, self.settings)
@@ -351,7 +355,7 @@ class Lanes:
         users.discard(route)
         if not users:
             del self._users[lane]
-            self._lanes = {key: other for key, other in self._lanes.items() if other is not lane}
+            del self._lanes[self._key(lane.brokers)]
 
     def __iter__(self) -> Iterator[Lane]:
         return iter(list(self._lanes.values()))

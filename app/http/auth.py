@@ -24,6 +24,8 @@ taken says nothing about how close a guess was or which token matched.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
 import hashlib
 import hmac
@@ -99,6 +101,20 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token:
         return None
     return token
+
+
+def basic_as_bearer(authorization: str | None) -> str | None:
+    """``Basic <user:token>`` as ``Bearer <token>`` (the management API's credentials); anything else as it is."""
+    if not authorization:
+        return authorization
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return authorization
+    try:
+        _user, sep, password = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, ValueError):
+        return None  # not Basic credentials at all: answered as no token
+    return f"Bearer {password}" if sep and password else None
 
 
 def parse_tokens(text: str, source: str, lines_separated_by_semicolons: bool = False) -> list[tuple[TokenRule, str]]:

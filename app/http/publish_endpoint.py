@@ -23,8 +23,6 @@ management API's publish, ``POST /api/exchanges/<vhost>/<exchange>/publish``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -48,7 +46,7 @@ from app.core.gateway import Gateway
 from app.core.message import check_conn_id, parse_body
 from app.http import management_api, request_id
 from app.http.accesslog import CONN_ID_KEY
-from app.http.auth import Access
+from app.http.auth import Access, basic_as_bearer
 from app.http.request_body import read_body
 from app.ops import logs, metrics
 
@@ -150,9 +148,9 @@ class PublishEndpoint:
 
     def _publish_management(self, environ: dict[str, Any], vhost_exchange: tuple[str, str]) -> bytes:
         gw = self.gateway
-        vhost, exchange = _decoded_management(vhost_exchange)
+        vhost, exchange = _decoded(vhost_exchange)
         # The management API's Basic credentials: the password is the publish token.
-        publisher = self.access.check_publisher(_basic_as_bearer(environ.get("HTTP_AUTHORIZATION")))
+        publisher = self.access.check_publisher(basic_as_bearer(environ.get("HTTP_AUTHORIZATION")))
         conn_id = management_api.connection_for(self.vhosts, vhost)
         self._name(environ, conn_id)
         data = read_body(environ, management_api.body_limit(gw.settings.max_body_size),
@@ -214,23 +212,6 @@ def _decoded(parts: tuple[str, ...]) -> tuple[str, ...]:
         raise InvalidAddress("the path is not valid UTF-8 once percent-decoded") from None
 
 
-def _decoded_management(parts: tuple[str, str]) -> tuple[str, str]:
-    vhost, exchange = _decoded(parts)
-    return vhost, exchange
-
-
-def _basic_as_bearer(authorization: str | None) -> str | None:
-    """``Basic <user:token>`` as ``Bearer <token>`` (the management API's credentials); anything else as it is."""
-    if not authorization:
-        return authorization
-    scheme, _, credentials = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return authorization
-    try:
-        _user, sep, password = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, ValueError):
-        return None  # not Basic credentials at all: answered as no token
-    return f"Bearer {password}" if sep and password else None
 
 
 def _envelope(environ: dict[str, Any], exchange: str, routing_key: str, body: bytes) -> Envelope:

@@ -142,7 +142,8 @@ class GatewayWorker(GeventWorker):
         self.wsgi = _HonourConnectionClose(app)
         services = getattr(app, "extensions", {}).get("services")  # the gateway's app (not a test's stand-in)
         if services is not None and FastPath.applies(self.cfg):
-            self.fast_path = FastPath(self, self.wsgi, services.settings.max_body_size)
+            # The app itself: the fast path honours the app's Connection: close on its own.
+            self.fast_path = FastPath(self, app, services.settings.max_body_size)
 
     @contextmanager
     def timeout_ctx(self) -> Iterator[None]:
