@@ -38,13 +38,19 @@ from datetime import timedelta
 from email.utils import formatdate
 from typing import Any
 
-from gunicorn import SERVER
+from gunicorn import SERVER, util
 from gunicorn_h1c import ParseError, parse_to_wsgi_environ
+
+from app.http.client_guard import PENDING
 
 REQUEST_LINE = b"POST /publish HTTP/1.1\r\n"
 HEAD_END = b"\r\n\r\n"
 RECV_SIZE = 65536
 _REFUSED = ("HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_UPGRADE")
+# A lingering close reads at most this much of a body left unread, for at most this long
+# (nginx's lingering_close alike): enough for a body some times MAX_BODY_SIZE on a fast link.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 16 * 1024 * 1024
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -60,13 +66,24 @@ class Answered:
 
 
 class Replay:
-    """The client socket for gunicorn's loop: the bytes already read come first, then the socket's."""
+    """The client socket for gunicorn's loop: the bytes already read come first, then the socket's.
 
-    __slots__ = ("_client", "_pending")
+    It also closes the connection as RFC 9112 (9.6) asks after an answer that
+    left the request's body unread (a 413 at the header, a malformed or cut
+    body): ``linger`` set, :meth:`close` half-closes, reads and drops what the
+    client is still sending, then closes (gunicorn's ``close_graceful``, as its
+    sync and threaded workers close). A plain close with unread bytes in the
+    kernel's buffer sends a reset, and the client, still sending its body,
+    gets a broken pipe instead of the answer. Bounded in bytes and seconds,
+    and sheddable: a client that never stops sending is cut off.
+    """
+
+    __slots__ = ("_client", "_pending", "linger")
 
     def __init__(self, sock: Any, pending: bytes):
         self._client = sock
         self._pending = pending
+        self.linger = False
 
     def recv(self, size: int, *args: Any) -> bytes:
         pending = self._pending
@@ -76,8 +93,22 @@ class Replay:
         self._pending = pending[size:]
         return pending[:size]
 
+    def close(self) -> None:
+        if not self.linger:
+            self._client.close()
+            return
+        try:
+            with PENDING.waiting(_LingerShed()):
+                util.close_graceful(self._client, timeout=LINGER_SECONDS, max_drain=LINGER_BYTES)
+        except _LingerShed:
+            util.close(self._client)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+class _LingerShed(Exception):
+    """Raised in a lingering close when the worker sheds connections: close at once."""
 
 
 class FastPath:

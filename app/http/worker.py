@@ -20,7 +20,10 @@ first request that is not plain, with the bytes not yet answered.
 It also honours an application's ``Connection: close``: gunicorn drops that
 header as hop-by-hop and keeps the connection open, but after a body that was
 cut short, malformed or left unread the rest of the connection cannot be
-trusted (``app.core.errors``: ``closes``).
+trusted (``app.core.errors``: ``closes``). Such a connection, and one closed
+after gunicorn's own error answer, is closed with a linger
+(:class:`~app.http.fast_path.Replay`), so that a client still sending the
+body it was refused reads its answer instead of a reset.
 
 And it tells the worker's services when the worker stops taking work
 (:meth:`GatewayWorker.when_stopping`: the ZeroMQ ingress drains), and counts
@@ -122,11 +125,17 @@ class GatewayWorker(GeventWorker):
                 if rest is None:
                     util.close(client)
                     return
-                if rest:
-                    client = Replay(client, rest)
+                # Even with nothing replayed: Replay closes with a linger after an early answer.
+                client = Replay(client, rest)
             super().handle(listener, client, addr)
         finally:
             self.open_connections -= 1
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's error answer (a bad request line or header, too long a head); then a lingering close."""
+        if isinstance(client, Replay):
+            client.linger = True  # the request was not read to its end
+        super().handle_error(req, client, addr, exc)
 
     def _listener_name(self, listener: Any) -> Any:
         """The listener's address, asked once (a listener closed while the worker stops has none to give)."""
@@ -183,6 +192,9 @@ class _HonourConnectionClose:
                 response = getattr(start_response, "__self__", None)  # gunicorn's Response
                 if response is not None and hasattr(response, "force_close"):
                     response.force_close()
+                sock = environ.get("gunicorn.socket")
+                if isinstance(sock, Replay):
+                    sock.linger = True  # the body may be unread: closed with a linger, not a reset
             return start_response(status, headers, exc_info)
 
         return self.app(environ, close_aware)

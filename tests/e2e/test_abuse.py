@@ -195,3 +195,25 @@ def test_a_slow_body_or_slow_headers_get_a_bounded_time(gateway, rabbit):
     out, took = trickle(gateway.port, b"POST /publish HTTP/1.1\r\n", b"X-Slow: " + b"h" * 100)
     assert out == b"" and 0.9 < took < 5, (out, took)  # keepalive, jittered 50-100 %
     assert_nothing_published(gateway, rabbit, queue)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_far_over_the_limit_gets_its_413_not_a_reset(gateway, rabbit, framing):
+    # The gateway answers at the header (or at the limit, chunked) and closes while the client
+    # is still sending: closed with a linger, the client's send completes and it reads its 413.
+    # Closed plainly, the unread bytes made the kernel reset the connection: a broken pipe.
+    queue = rabbit.queue()
+    body = f"a|{queue}|".encode() + b"x" * (6 * 1024 * 1024)  # MAX_BODY_SIZE is 1 MiB
+    if framing == "chunked":
+        data = chunked("/publish", b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    else:
+        data = post("/publish", f"Content-Length: {len(body)}\r\n", body)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+            sock.sendall(data)  # a BrokenPipeError or ConnectionResetError here is the defect
+            out = b""
+            while chunk := sock.recv(65536):
+                out += chunk
+        status, headers, error = answer(out)
+        assert (status, error["error"], headers["connection"]) == (413, "body_too_large", "close"), error
+    assert_nothing_published(gateway, rabbit, queue)

@@ -182,8 +182,8 @@ def test_no_secret_in_any_log_answer_or_metric(tmp_path, secret_user, vhosts):
             ("POST", "/publish", b"good|q|m", {"Authorization": f"Bearer {token}x"}),  # 401
             ("POST", "/publish", b"other|q|m", auth),  # 403
             ("POST", "/publish", b"bad body", auth),  # 400
-            # 413: just over MAX_BODY_SIZE (1 MiB), so that the body fits in the socket buffers: the
-            # gateway answers at the header and closes, and a bigger body broke the pipe mid-send.
+            # 413: over MAX_BODY_SIZE (1 MiB); the gateway answers at the header and closes with a
+            # linger, so that the client's send completes (test_abuse: far over the limit).
             ("POST", "/publish", b"x" * 1_100_000, auth),
             ("GET", "/readyz", None, {}),
             ("GET", "/pools", None, ops),

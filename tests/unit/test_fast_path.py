@@ -1,7 +1,13 @@
 """The fast path's hand-over pieces without a server: the replayed socket and when the path applies."""
 
+import time
 from types import SimpleNamespace
 
+import gevent
+from gevent import socket
+
+from app.http import fast_path
+from app.http.client_guard import PENDING
 from app.http.fast_path import FastPath, Replay
 
 
@@ -32,3 +38,57 @@ def test_the_path_applies_to_plain_http_only():
     assert not FastPath.applies(cfg(proxy_protocol="v1"))
     assert not FastPath.applies(cfg(http2_cleartext="prior-knowledge"))
     assert FastPath.applies(cfg(http2_cleartext="upgrade"))  # an Upgrade request is gunicorn's anyway
+
+
+def _sender(sock, size):
+    """Send ``size`` bytes, then read until closed; what the sender saw."""
+    try:
+        sock.sendall(b"x" * size)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+    except OSError as exc:
+        return exc
+    finally:
+        sock.close()
+
+
+def test_a_lingering_close_drains_what_the_client_still_sends_then_closes():
+    ours, theirs = socket.socketpair()
+    ours.sendall(b"HTTP/1.1 413\r\n\r\n")
+    client = gevent.spawn(_sender, theirs, 4 * 1024 * 1024)  # more than the socket buffers hold
+    conn = Replay(ours, b"")
+    conn.linger = True
+    conn.close()
+    assert client.get(timeout=5) == b"HTTP/1.1 413\r\n\r\n"  # its send completed, its answer arrived
+    assert ours.fileno() == -1
+
+
+def test_a_lingering_close_is_bounded_and_sheddable(monkeypatch):
+    monkeypatch.setattr(fast_path, "LINGER_BYTES", 256 * 1024)
+    ours, theirs = socket.socketpair()
+    client = gevent.spawn(_sender, theirs, 64 * 1024 * 1024)  # never done within the bound
+    conn = Replay(ours, b"")
+    conn.linger = True
+    conn.close()
+    assert ours.fileno() == -1 and isinstance(client.get(timeout=5), OSError)
+
+    ours, theirs = socket.socketpair()  # a client that sends nothing and never closes: shed
+    conn = Replay(ours, b"")
+    conn.linger = True
+    closing = gevent.spawn(conn.close)
+    gevent.sleep(0.05)
+    started = time.monotonic()
+    assert PENDING.shed(1) == 1
+    closing.get(timeout=1)
+    assert ours.fileno() == -1 and time.monotonic() - started < 0.5
+    theirs.close()
+
+
+def test_without_a_linger_the_close_is_plain():
+    ours, theirs = socket.socketpair()
+    conn = Replay(ours, b"")
+    conn.close()
+    assert ours.fileno() == -1 and theirs.recv(10) == b""
+    theirs.close()
