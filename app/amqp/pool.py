@@ -241,7 +241,12 @@ class ConnectionPool:
     @contextmanager
     def connection(self, timeout: float, holder: str = "") -> Iterator[BrokerConnection]:
         """``with pool.connection(t, holder) as conn``: acquire, then release or discard."""
-        conn = self.acquire(timeout, holder)
+        with self.lent(self.acquire(timeout, holder), holder) as conn:
+            yield conn
+
+    @contextmanager
+    def lent(self, conn: BrokerConnection, holder: str = "") -> Iterator[BrokerConnection]:
+        """``with pool.lent(conn, holder)``: use a connection already acquired, then release or discard it."""
         try:
             yield conn
         except GatewayError:

@@ -20,14 +20,20 @@ A new flusher starts only when none is collecting, and it first lets the
 hub run what is ready (at most :data:`COLLECT_MAX_WAIT`), so requests that
 arrived together share its batch instead of each starting a flusher of its
 own. Alone, a message goes out at once: an idle hub is idle at once.
-A message still waiting at its deadline (every flusher held by a stalled
-broker) is answered ``503 pool_timeout`` and never sent; no timer runs per
-message.
+
+A flusher takes its batch only once it holds a connection to publish it on
+(:class:`Turn`): a flusher waiting for the pool holds no messages, so a
+message that arrives while every connection is busy rides with the first
+connection that comes back, not behind a batch already taken that waits for
+the one after. A message still waiting at its deadline (every connection
+held by a stalled broker) is answered ``503 pool_timeout`` and never sent; no
+timer runs per message.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -66,7 +72,33 @@ class Waiting:
         return self.envelope or (self.queue, self.body)
 
 
-PublishBatch = Callable[[Sequence[Waiting], float], list[Outcome]]
+class Turn:
+    """A flusher's next batch: taken (:meth:`take`) once the flusher holds a connection to publish it on."""
+
+    __slots__ = ("_commit", "batch", "taken")
+
+    def __init__(self, commit: GroupCommit):
+        self._commit = commit
+        self.batch: list[Waiting] = []
+        self.taken = False
+
+    @property
+    def deadline(self) -> float:
+        """The earliest deadline of the batch once taken; before, of the oldest messages waiting."""
+        if self.taken:
+            return min((message.deadline for message in self.batch), default=math.inf)
+        return self._commit.earliest_deadline()
+
+    def take(self) -> list[Waiting]:
+        """The batch (taken at the first call): what is waiting now, up to MAX_BATCH, shared out among owners."""
+        if not self.taken:
+            self.taken = True
+            self.batch = self._commit._take_turn()
+        return self.batch
+
+
+# Publishes a turn's batch, taking it once it holds a connection; one outcome per message of it, in order.
+PublishBatch = Callable[[Turn], list[Outcome]]
 
 
 class GroupCommit:
@@ -101,6 +133,10 @@ class GroupCommit:
         """Messages of ``owner`` are waiting or being published."""
         return owner in self._unanswered
 
+    def earliest_deadline(self) -> float:
+        """The earliest deadline among each owner's oldest waiting message (inf: none waits)."""
+        return min((queue[0].deadline for queue in self._queued.values()), default=math.inf)
+
     def _enqueue(self, message: Waiting) -> None:
         owner = message.owner
         queue = self._queued.get(owner)
@@ -131,6 +167,16 @@ class GroupCommit:
                     break
         return batch
 
+    def _take_turn(self) -> list[Waiting]:
+        """A turn's batch: the messages whose deadline passed are answered, the others returned."""
+        self._collecting = False  # what arrives from now on waits for the next flusher
+        if not self._queued:
+            return []  # another flusher took them while this one waited for its connection
+        batch = self._answer_expired(self._take())
+        if batch:
+            metrics.BATCH_SIZE.observe(len(batch))
+        return batch
+
     def _answer(self, message: Waiting, outcome: Outcome) -> None:
         owner = message.owner
         left = self._unanswered.get(owner, 1) - 1
@@ -148,7 +194,7 @@ class GroupCommit:
             self.flushers.add(gevent.spawn(self._flush))
 
     def _flush(self) -> None:
-        batch: list[Waiting] = []
+        turn: Turn | None = None
         answered = 0
         try:
             # Let the hub first handle everything ready now (requests that arrived
@@ -156,31 +202,30 @@ class GroupCommit:
             with gevent.Timeout(COLLECT_MAX_WAIT, False):
                 gevent.idle()
             while self._queued:
-                self._collecting = False
-                batch = self._take()
-                answered = 0
-                batch = self._answer_expired(batch)
-                if batch:
-                    metrics.BATCH_SIZE.observe(len(batch))
-                    outcomes = self._publish(batch)
-                    for message, outcome in zip(batch, outcomes, strict=True):
-                        answered += 1
-                        self._answer(message, outcome)
-                batch = []
+                turn, answered = Turn(self), 0
+                outcomes = self._publish(turn)
+                for message, outcome in zip(turn.batch, outcomes, strict=True):
+                    answered += 1
+                    self._answer(message, outcome)
+                turn = None
         finally:
             # Killed mid-batch (never expected): its messages may have gone out.
-            for message in batch[answered:]:
+            for message in turn.batch[answered:] if turn is not None else ():
                 self._answer(message, ConfirmTimeout("publisher stopped before the confirm"))
             self._collecting = False
             self.flushers.discard(gevent.getcurrent())
             if self._queued:
                 self._wake()
 
-    def _publish(self, batch: list[Waiting]) -> list[Outcome]:
+    def _publish(self, turn: Turn) -> list[Outcome]:
         try:
-            return self.publish_batch(batch, min(m.deadline for m in batch))
+            outcomes = self.publish_batch(turn)
+            if not turn.taken:  # its messages would wait for ever
+                raise RuntimeError("publish_batch returned without taking its batch")
+            return outcomes
         except Exception:
-            return [internal_error(log, "publishing a batch", lane=self.name)] * len(batch)
+            turn.take()
+            return [internal_error(log, "publishing a batch", lane=self.name)] * len(turn.batch)
 
     def _answer_expired(self, batch: list[Waiting]) -> list[Waiting]:
         """Answer the messages whose deadline passed while every flusher was busy; the others."""

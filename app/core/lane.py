@@ -42,7 +42,7 @@ from app.core.errors import (
     Unavailable,
     UnknownExchange,
 )
-from app.core.group_commit import GroupCommit, Waiting
+from app.core.group_commit import GroupCommit, Turn, Waiting
 from app.core.retry import RetryBudget
 from app.ops import metrics
 
@@ -64,6 +64,16 @@ def refusal(closed: ConnectionLost) -> GatewayError:
         return UnknownExchange(f"the broker has no such exchange (404{said})")
     return RejectedByBroker(f"the broker closed the channel or connection over this message (reply code "
                             f"{closed.refused_code}{said}); it is not retried")
+
+
+class _Held:
+    """The connection a batch was taken with, until its first attempt uses it."""
+
+    __slots__ = ("conn", "pool")
+
+    def __init__(self, pool: ConnectionPool, conn: BrokerConnection):
+        self.pool = pool
+        self.conn: BrokerConnection | None = conn
 
 
 class Lane:
@@ -92,8 +102,42 @@ class Lane:
             return (backup, primary)
         return self.brokers
 
-    def publish_batch(self, batch: Sequence[Waiting], deadline: float) -> list[Outcome]:
-        """Publish each message with confirms; one outcome per message, in order."""
+    def publish_batch(self, turn: Turn) -> list[Outcome]:
+        """Take the turn's batch once a connection is held; publish each message with confirms, outcomes in order."""
+        held, failed = self._first_connection(turn)
+        try:
+            batch = turn.take()
+            if not batch:
+                return []
+            return self._publish(batch, turn.deadline, held, failed)
+        finally:
+            if held is not None and held.conn is not None:  # not used: every message was answered before it
+                held.pool.release(held.conn, self.name)
+
+    def _first_connection(self, turn: Turn) -> tuple[_Held | None, tuple[GatewayError, str | None] | None]:
+        """A connection of the first candidate that lends one, tried as ``_publish`` tries them; else the error.
+
+        (None, None): the oldest message's deadline passed first; the batch takes
+        the live ones and goes the ordinary way.
+        """
+        last: tuple[GatewayError, str | None] = (BrokerUnavailable("no broker is reachable"), None)
+        for role, pool in self.candidates():
+            remaining = turn.deadline - time.monotonic()
+            if remaining <= 0:
+                return None, None
+            try:
+                return _Held(pool, pool.acquire(min(self.settings.pool_timeout, remaining), self.name)), None
+            except PoolTimeout as exc:
+                if pool.health.is_up:
+                    return None, (exc, role)  # busy, not down: 503, not the backup (as in _publish)
+                last = (exc, role)
+            except Unavailable as exc:
+                last = (exc, role)
+        return None, last
+
+    def _publish(self, batch: list[Waiting], deadline: float, held: _Held | None,
+                 failed: tuple[GatewayError, str | None] | None) -> list[Outcome]:
+        """Publish each message with confirms, the first attempt on ``held``; one outcome per message, in order."""
         messages: list[Message] = [waiting.message for waiting in batch]
         routes: list[Route] = [waiting.owner for waiting in batch]  # type: ignore[misc]
         outcomes: list[Outcome] = [None] * len(messages)
@@ -106,6 +150,8 @@ class Lane:
                         "stops); retry")
         if self.circuits.any_open:
             todo = self._refuse_open_queues(messages, todo, outcomes)
+        if failed is not None:  # no candidate lent a connection
+            return self._fill(outcomes, todo, failed[0], failed[1], routes, {})
         # Sent, then the connection died before the confirm, or nacked and
         # retried: the broker may have them (RabbitMQ nacks what a dying queue
         # replica may still commit), so their answer stays "cannot know"
@@ -131,7 +177,12 @@ class Lane:
                     if not allowed:
                         return self._fill(outcomes, todo, last_error, last_role, routes, uncertain)
                 try:
-                    with pool.connection(min(self.settings.pool_timeout, remaining), self.name) as conn:
+                    if held is not None and held.pool is pool and held.conn is not None:
+                        lend = pool.lent(held.conn, self.name)  # the connection the batch was taken with
+                        held.conn = None
+                    else:
+                        lend = pool.connection(min(self.settings.pool_timeout, remaining), self.name)
+                    with lend as conn:
                         sent, sent_monotonic = time.perf_counter(), time.monotonic()
                         results = conn.publish_batch(
                             [messages[i] for i in todo],

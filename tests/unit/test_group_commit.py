@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import gevent
+import gevent.lock
 import pytest
 from gevent.event import AsyncResult, Event
 
@@ -27,7 +28,10 @@ class FakeBroker:
         self.release = Event()
         self.release.set()
 
-    def __call__(self, messages, deadline):
+    def __call__(self, turn):
+        messages = turn.take()  # as the lane takes it: once it holds a connection (here at once)
+        if not messages:
+            return []
         self.concurrent += 1
         self.most_concurrent = max(self.most_concurrent, self.concurrent)
         try:
@@ -79,6 +83,41 @@ def test_no_more_flushers_than_the_width_and_the_rest_wait_their_turn():
     assert [result.get(timeout=5) for result in results] == [None] * 6
     assert broker.most_concurrent == 2
     assert sorted(body for batch in broker.batches for body in batch) == [b"%d" % i for i in range(6)]
+
+
+def test_a_batch_is_taken_only_once_its_flusher_holds_a_connection():
+    # One connection, three flushers: a flusher waiting for the connection holds
+    # no messages, so what arrives meanwhile rides with the first connection back,
+    # in one batch, instead of each waiting behind a batch taken before it.
+    connection = gevent.lock.Semaphore(1)
+    batches: list[list[bytes]] = []
+
+    def publish_batch(turn):
+        with connection:
+            messages = turn.take()
+            if messages:
+                batches.append([m.body for m in messages])
+                gevent.sleep(0.05)
+            return [None] * len(messages)
+
+    commit = GroupCommit("a", publish_batch, width=3)
+    results = []
+    for body in (b"a", b"b", b"c"):
+        message, result = waiting(body)
+        commit.add(message)
+        results.append(result)
+        gevent.sleep(0.01)
+    assert [result.get(timeout=5) for result in results] == [None] * 3
+    assert batches == [[b"a"], [b"b", b"c"]]
+
+
+def test_a_publisher_that_never_takes_its_batch_fails_it_rather_than_leave_it_waiting(caplog):
+    commit = GroupCommit("a", lambda turn: [], width=1)
+    message, result = waiting(b"x")
+    commit.add(message)
+    outcome = result.get(timeout=5)
+    assert type(outcome) is GatewayError and outcome.status == 500
+    assert not commit.busy
 
 
 def test_a_message_still_waiting_at_its_deadline_is_answered_503_and_never_sent():
