@@ -45,6 +45,7 @@ from app.core.errors import (
     ConfirmTimeout,
     ConnectionLost,
     GatewayError,
+    PoolTimeout,
     PublishNacked,
     Unroutable,
     describe_exception,
@@ -80,6 +81,13 @@ Outcome = GatewayError | None
 # its pending message without a second index. The process part is drawn in
 # each worker (app.ops.processes.process_token).
 _connection_seq = itertools.count(1)
+
+
+# What RabbitMQ answers a publish to an exchange that is missing (NOT_FOUND) or
+# that the user may not write to (ACCESS_REFUSED): the same for every message to it.
+EXCHANGE_REFUSALS = (404, 403)
+DEFAULT_EXCHANGE_ALIAS = "amq.default"
+TRIED_KINDS_MAX = 1024  # kinds of first use remembered per connection (forgotten together past it)
 
 
 def process_tag() -> str:
@@ -173,6 +181,9 @@ class BrokerConnection:
         # Delivery tags in flight under a producer's own message id, oldest first:
         # a basic.return names only the message id, and RabbitMQ returns in publish order.
         self._own_ids: dict[str, deque[int]] = {}
+        # (exchange, user_id) that a message has been through the channel with (publish_batch).
+        self._tried: set[tuple[str, str | None]] = set()
+        self._probing = False  # a first use is in flight alone
         self._tag = 0
         self._closed = Event()
         self.lost_reason: str | None = None
@@ -374,6 +385,9 @@ class BrokerConnection:
         self._fail_pending(reason, refused_code, refused_text)
         self._tag = 0  # a new channel counts its delivery tags from 1
         self.nack_streak = 0
+        if not self._probing:
+            # Over something thought safe (an exchange deleted since): try each kind anew.
+            self._tried.clear()
         log.warning("%s: %s; reopening the channel", self.name, reason,
                     extra={"event": "channel_reopen", "reply_code": refused_code, **self.log_fields})
         if self.on_channel_reopen is not None:
@@ -415,10 +429,105 @@ class BrokerConnection:
 
     def publish_batch(self, messages: Sequence[Message], timeout: float, *,
                       mandatory: bool = True, persistent: bool = True) -> list[Outcome]:
-        """Publish all messages to the default exchange and wait for their confirms.
+        """Publish all messages and wait for their confirms; one outcome per message, in order.
+
+        A message that may make the broker close the channel and that nothing
+        like it has been through this connection's channel yet (a *first use*:
+        an exchange, or a ``user_id`` other than the connection's user) goes
+        after the others, alone: RabbitMQ closes the channel over a publish to
+        a missing exchange (404), one it refuses to write (403) or a ``user_id``
+        not the connection's (406), and every message in flight with it would
+        be left unconfirmed ("cannot know"), though the broker had already
+        routed those sent before it. Alone, its refusal is its own
+        (``ConnectionLost.culprit``), and the others were confirmed first. Once
+        one has been through, the rest of its kind go in one round. The kinds
+        seen are remembered per connection (a deleted exchange is the case left
+        to the gateway's isolation: app.core.lane).
 
         Raises :class:`BrokerBlocked` or :class:`ConnectionLost` when nothing was sent.
         """
+        firsts: dict[tuple[str, str | None], list[int]] | None = None
+        for index, message in enumerate(messages):
+            if type(message) is Envelope:
+                kind = self._first_use(message)
+                if kind is not None:
+                    if firsts is None:
+                        firsts = {}
+                    firsts.setdefault(kind, []).append(index)
+        if firsts is None:
+            return self._send(messages, timeout, mandatory, persistent)
+        return self._send_first_uses(messages, firsts, timeout, mandatory, persistent)
+
+    def _first_use(self, message: Envelope) -> tuple[str, str | None] | None:
+        """The kind of a message that may close the channel, if none of its kind has been through yet."""
+        exchange = "" if message.exchange == DEFAULT_EXCHANGE_ALIAS else message.exchange
+        user_id = message.properties.get("user_id")
+        if user_id == self.address.username:
+            user_id = None  # always the broker's to accept
+        if not exchange and user_id is None:
+            return None  # the default exchange always exists and is written to by every user
+        kind = (exchange, user_id)
+        return None if kind in self._tried else kind
+
+    def _send_first_uses(self, messages: Sequence[Message], firsts: dict[tuple[str, str | None], list[int]],
+                         timeout: float, mandatory: bool, persistent: bool) -> list[Outcome]:
+        deadline = time.monotonic() + timeout
+        outcomes: list[Outcome] = [None] * len(messages)
+        held = {index for indexes in firsts.values() for index in indexes}
+        rounds = 0
+
+        def send(indexes: list[int], probe: bool = False) -> None:
+            nonlocal rounds
+            remaining = deadline - time.monotonic()
+            self._probing = probe
+            try:
+                if remaining <= 0:
+                    raise PoolTimeout(f"{self.name}: not published: the deadline passed while the messages before "
+                                      "it were confirmed")
+                results = self._send([messages[i] for i in indexes], remaining, mandatory, persistent)
+            except (ConnectionLost, BrokerBlocked, PoolTimeout) as exc:
+                if rounds == 0:
+                    raise  # nothing was sent: the caller's to handle as before
+                results = [exc] * len(indexes)  # not sent: the connection is lost, blocked or out of time
+            finally:
+                self._probing = False
+            rounds += 1
+            for index, result in zip(indexes, results, strict=True):
+                outcomes[index] = result
+
+        safe = [index for index in range(len(messages)) if index not in held]
+        if safe:
+            send(safe)
+        for kind, indexes in firsts.items():
+            while indexes:
+                probe, indexes = indexes[0], indexes[1:]
+                send([probe], probe=True)
+                result = outcomes[probe]
+                if result is None or isinstance(result, (Unroutable, PublishNacked)):  # through, channel open
+                    if len(self._tried) >= TRIED_KINDS_MAX:
+                        self._tried.clear()
+                    self._tried.add(kind)
+                    if indexes:
+                        send(indexes)
+                    break
+                if not isinstance(result, ConnectionLost) or result.refused_code is None:
+                    continue  # no news of its kind (lost, blocked, timed out): the rest go alone too
+                outcomes[probe] = ConnectionLost(result.detail, result.refused_code, result.refused_text,
+                                                 culprit=True)
+                user_refused = kind[1] is not None and "user_id" in result.refused_text
+                if result.refused_code in EXCHANGE_REFUSALS or user_refused:
+                    # The exchange is missing or not ours to write, or the user id is refused:
+                    # so for every message of its kind (never sent).
+                    for index in indexes:
+                        outcomes[index] = ConnectionLost(result.detail, result.refused_code, result.refused_text,
+                                                         culprit=True)
+                    break
+                # Anything else may be that message's own: each of the rest goes alone in turn.
+        return outcomes
+
+    def _send(self, messages: Sequence[Message], timeout: float, mandatory: bool,
+              persistent: bool) -> list[Outcome]:
+        """Publish the messages as one pipelined batch and wait for their confirms."""
         if not self.usable:
             raise ConnectionLost(f"{self.name}: {self.lost_reason or 'connection not usable'}")
         if self.blocked:

@@ -261,15 +261,19 @@ class ConnectionLost(Unavailable):
 
     A broker that closes the connection or the channel itself (any reply code
     but 320 CONNECTION_FORCED, a shutdown or an operator) did so over something
-    it was sent: one of the messages in flight is the culprit (app.core.gateway isolates it).
+    it was sent: one of the messages in flight is the culprit (app.core.lane isolates it).
     """
 
     code = "connection_lost"
 
-    def __init__(self, detail: str = "", refused_code: int | None = None, refused_text: str = ""):
+    def __init__(self, detail: str = "", refused_code: int | None = None, refused_text: str = "",
+                 culprit: bool = False):
         super().__init__(detail)
         self.refused_code = refused_code
         self.refused_text = refused_text  # the broker's words, e.g. "NOT_FOUND - no exchange 'x' in vhost '/'"
+        # The broker refused this very message: it was alone in flight on its channel
+        # (app.amqp.connection sends a first use alone), or went to the exchange found missing.
+        self.culprit = culprit
 
 
 class Overloaded(Unavailable):

@@ -209,7 +209,9 @@ class Lane:
                 closed_over: ConnectionLost | None = None  # ... because the broker closed it over one of them
                 renacked: list[int] = []  # nacked by a connection now retired: once more, elsewhere
                 for index, outcome in zip(todo, results, strict=True):
-                    if isinstance(outcome, ConnectionLost):
+                    if isinstance(outcome, ConnectionLost) and outcome.culprit:
+                        outcomes[index] = self._rejected(role, pool, routes[index], outcome)  # its own refusal
+                    elif isinstance(outcome, ConnectionLost):
                         lost_here.append(index)
                         uncertain[index] = last_error = outcome
                         last_role = ""  # the connection's own error, not a pool's
@@ -322,14 +324,19 @@ class Lane:
                     return suspects[position:]  # an ordinary connection loss: retry as usual
                 closed = result
             uncertain.pop(index, None)
-            outcomes[index] = refusal(closed)
-            conn_id = routes[index].conn_id
-            metrics.PUBLISH_RETRIES.labels(conn_id, role, "rejected").inc()
-            log.warning("message of %s rejected: the broker closed a connection over it (%s) on %s", conn_id,
-                        closed.refused_code, pool.name,
-                        extra={"event": "publish_rejected", "conn_id": conn_id, "role": role})
+            outcomes[index] = self._rejected(role, pool, routes[index], closed)
             return suspects[position + 1:]
         return []
+
+    @staticmethod
+    def _rejected(role: str, pool: ConnectionPool, route: Route, closed: ConnectionLost) -> GatewayError:
+        """The answer to a message the broker closed its channel or connection over, counted and logged."""
+        conn_id = route.conn_id
+        metrics.PUBLISH_RETRIES.labels(conn_id, role, "rejected").inc()
+        log.warning("message of %s rejected: the broker closed a connection over it (%s) on %s", conn_id,
+                    closed.refused_code, pool.name,
+                    extra={"event": "publish_rejected", "conn_id": conn_id, "role": role})
+        return refusal(closed)
 
     def _judge_nacks(self, conn: BrokerConnection, queues: list[str], results: list[Outcome], todo: list[int],
                      nack_retried: dict[int, float]) -> set[int]:
