@@ -1,9 +1,11 @@
-"""The plain ``POST /publish`` served without gunicorn's per-request Python; everything else is gunicorn's.
+"""Plain single-message publishes served without gunicorn's per-request Python; everything else is gunicorn's.
 
 A worker's CPU per single-message publish was half gunicorn's own request
 handling (parsing the request into its objects, building the environ, the
 response and its headers: README, Benchmarks). The publishes that make up
-the load are all alike, so for them the worker (:class:`~app.http.worker.GatewayWorker`)
+the load are all alike, so for them (the publish endpoint's own paths:
+``/publish``, its exchange form and the management API's publish,
+:func:`app.http.publish_endpoint.answers_itself`) the worker (:class:`~app.http.worker.GatewayWorker`)
 reads the connection itself and parses each request with the C parser
 gunicorn itself uses (``gunicorn_h1c``, picohttpparser: headers checked as
 gunicorn checks them, a duplicate ``Content-Length``, ``Content-Length``
@@ -12,7 +14,8 @@ names with ``_`` dropped), calls the same WSGI app with a plain environ and
 writes the answer in one ``send``, with gunicorn's status line and headers.
 
 Only a request that is complete in what was read and plain takes this path:
-``POST /publish HTTP/1.1`` without a query, a ``Content-Length`` body within
+``POST <one of those paths> HTTP/1.1`` without a query (``PATH_INFO``
+percent-decoded and ``RAW_URI`` as sent, as gunicorn sets them), a ``Content-Length`` body within
 ``MAX_BODY_SIZE`` and wholly received, no ``Transfer-Encoding``, ``Expect``
 or ``Upgrade``, within gunicorn's request line and header limits. At the first
 request that is not, the connection goes to gunicorn's own loop with every
@@ -39,11 +42,13 @@ from email.utils import formatdate
 from typing import Any
 
 from gunicorn import SERVER, util
+from gunicorn.util import unquote_to_wsgi_str
 from gunicorn_h1c import ParseError, parse_to_wsgi_environ
 
 from app.http.client_guard import PENDING
 
-REQUEST_LINE = b"POST /publish HTTP/1.1\r\n"
+POST = b"POST /"
+PUBLISH = "/publish"
 HEAD_END = b"\r\n\r\n"
 RECV_SIZE = 65536
 _REFUSED = ("HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_UPGRADE")
@@ -114,10 +119,11 @@ class _LingerShed(Exception):
 class FastPath:
     """Serves one connection's plain publishes; hands the rest of the connection to gunicorn."""
 
-    def __init__(self, worker: Any, app: WSGIApp, max_body: int):
+    def __init__(self, worker: Any, app: WSGIApp, max_body: int, answers_itself: Callable[[str], bool]):
         self.worker = worker
         self.app = app
         self.max_body = max_body
+        self.answers_itself = answers_itself  # the publish endpoint's paths (app.http.publish_endpoint)
         cfg = worker.cfg
         # A head longer than one header line may be is gunicorn's (it checks each line against its limits).
         self.head_limit = cfg.limit_request_field_size
@@ -143,7 +149,7 @@ class FastPath:
                     buf = client.recv(RECV_SIZE)
                 if not buf:
                     return None  # the client closed, or no request within keepalive, or shed: closed
-            if not buf.startswith(REQUEST_LINE):
+            if not buf.startswith(POST):
                 return buf
             head_end = buf.find(HEAD_END, 0, self.head_limit)
             if head_end < 0:
@@ -154,7 +160,10 @@ class FastPath:
             except ParseError:
                 return buf  # gunicorn answers what is wrong with it
             length_text = environ.get("CONTENT_LENGTH", "")
-            if (environ["QUERY_STRING"] or not length_text.isdigit() or len(length_text) > 12
+            path = environ["PATH_INFO"]  # as sent: gunicorn_h1c does not percent-decode it
+            if (environ["QUERY_STRING"] or environ["SERVER_PROTOCOL"] != "HTTP/1.1"
+                    or not (path == PUBLISH or self.answers_itself(path)) or "#" in path
+                    or not length_text.isdigit() or len(length_text) > 12
                     or any(key in environ for key in _REFUSED)
                     or environ.get("HTTP_CONNECTION", "keep-alive").lower() not in ("keep-alive", "close")
                     or buf.count(b"\r\n", 0, head_end) > self.max_lines):
@@ -172,7 +181,9 @@ class FastPath:
         worker = self.worker
         del environ["_consumed"]
         environ["wsgi.input"] = io.BytesIO(body)
-        environ["RAW_URI"] = "/publish"
+        raw = environ["RAW_URI"] = environ["PATH_INFO"]
+        if "%" in raw:  # gunicorn's PATH_INFO is percent-decoded; the endpoint reads the parts from RAW_URI
+            environ["PATH_INFO"] = unquote_to_wsgi_str(raw)
         environ["SCRIPT_NAME"] = ""
         environ["wsgi.multithread"] = True
         worker.nr += 1

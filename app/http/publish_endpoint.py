@@ -182,9 +182,22 @@ def _raw_path(environ: dict[str, Any]) -> str:
     return raw
 
 
+def answers_itself(raw: str) -> bool:
+    """Whether a POST to ``raw`` (the path as sent, no query) is this endpoint's, not the Flask app's."""
+    return raw == PATH or _exchange_form(raw) is not None or _management_form(raw) is not None
+
+
 def _address(environ: dict[str, Any]) -> tuple[str, str, str] | None:
     """``(id, exchange, routing key)`` of an exchange-form path, still percent-encoded; None if not that form."""
-    raw = _raw_path(environ)
+    return _exchange_form(_raw_path(environ))
+
+
+def _management_address(environ: dict[str, Any]) -> tuple[str, str] | None:
+    """``(vhost, exchange)`` of ``/api/exchanges/<vhost>/<exchange>/publish``, still percent-encoded; else None."""
+    return _management_form(_raw_path(environ))
+
+
+def _exchange_form(raw: str) -> tuple[str, str, str] | None:
     if not raw.startswith(PREFIX):
         return None
     parts = raw[len(PREFIX):].split("/", 2)
@@ -193,9 +206,7 @@ def _address(environ: dict[str, Any]) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
-def _management_address(environ: dict[str, Any]) -> tuple[str, str] | None:
-    """``(vhost, exchange)`` of ``/api/exchanges/<vhost>/<exchange>/publish``, still percent-encoded; else None."""
-    raw = _raw_path(environ)
+def _management_form(raw: str) -> tuple[str, str] | None:
     if not raw.startswith(management_api.PREFIX) or not raw.endswith(management_api.SUFFIX):
         return None
     parts = raw[len(management_api.PREFIX):-len(management_api.SUFFIX)].split("/")

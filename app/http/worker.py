@@ -152,7 +152,9 @@ class GatewayWorker(GeventWorker):
         services = getattr(app, "extensions", {}).get("services")  # the gateway's app (not a test's stand-in)
         if services is not None and FastPath.applies(self.cfg):
             # The app itself: the fast path honours the app's Connection: close on its own.
-            self.fast_path = FastPath(self, app, services.settings.max_body_size)
+            from app.http.publish_endpoint import answers_itself  # here: the master imports this module
+
+            self.fast_path = FastPath(self, app, services.settings.max_body_size, answers_itself)
 
     @contextmanager
     def timeout_ctx(self) -> Iterator[None]:

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, rabbit_available):
-    cfg = FAST + f"\nCLIENT_BODY_TIMEOUT,2\nRMQ_CONN_STR,a,guest:guest@127.0.0.1:{AMQP_PORT}/\n"
+    cfg = FAST + f"\nCLIENT_BODY_TIMEOUT,2\nRMQ_CONN_STR,a,guest:guest@127.0.0.1:{AMQP_PORT}/\nMANAGEMENT_VHOSTS,/=a\n"
     proc = GatewayProcess(tmp_path_factory.mktemp("fast"), cfg, env={"GATEWAY_KEEPALIVE": "2"}).start()
     yield proc
     proc.stop()
@@ -131,3 +131,37 @@ def test_connection_close_is_honoured_and_an_error_closes_too(gateway, rabbit):
         [(status, headers, body)] = read_answers(sock, 1)
         assert (status, json.loads(body)["error"], headers["connection"]) == (400, "malformed_body", "keep-alive")
     assert rabbit.bodies(queue) == [b"bye"]
+
+
+def addressed(path: str, body: bytes, extra: str = "", chunk: bool = False) -> bytes:
+    if chunk:  # gunicorn's: the fast path takes Content-Length bodies only
+        return (f"POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Transfer-Encoding: chunked\r\n\r\n").encode() \
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def test_the_exchange_and_management_forms_answer_alike_on_the_fast_path_and_on_gunicorns(gateway, rabbit):
+    queue = rabbit.queue()
+    management = json.dumps({"routing_key": queue, "payload": "bWFuYWdlZA==", "payload_encoding": "base64",
+                             "properties": {"correlation_id": "c-m"}}).encode()
+    cases = [
+        (f"/publish/a/amq.default/{queue}", b"exchange form", "X-AMQP-Correlation-Id: c-e\r\n"),
+        (f"/publish/a//{queue}", b"empty exchange", ""),  # the default exchange, named empty
+        ("/api/exchanges/%2F/amq.default/publish", management, ""),
+        ("/publish/a/test.no.such.exchange/k", b"nowhere", ""),  # 404 unknown_exchange
+        ("/publish/nope/amq.default/q", b"unknown id", ""),  # 404 unknown_connection_id
+        (f"/publish/a/amq.default/{queue}", b"bad priority", "X-AMQP-Priority: 300\r\n"),  # 400
+        ("/api/exchanges/%2F/amq.default/publish", b"{not json", ""),  # 400, the management API's body
+    ]
+    answered = {}
+    for chunk in (False, True):
+        with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+            sock.sendall(b"".join(addressed(path, body, extra, chunk) for path, body, extra in cases))
+            answers = read_answers(sock, len(cases))
+        answered[chunk] = [(status, headers["content-type"], headers["connection"], json.loads(body))
+                           for status, headers, body in answers]
+    assert answered[False] == answered[True]
+    assert [status for status, *_ in answered[False]] == [200, 200, 200, 404, 404, 400, 400], answered[False]
+    delivered = rabbit.drain(queue)
+    assert [(body, props.correlation_id) for body, props in delivered] == \
+        [(b"exchange form", "c-e"), (b"empty exchange", None), (b"managed", "c-m")] * 2

@@ -9,6 +9,7 @@ from gevent import socket
 from app.http import fast_path
 from app.http.client_guard import PENDING
 from app.http.fast_path import FastPath, Replay
+from app.http.publish_endpoint import answers_itself
 
 
 class FakeSocket:
@@ -92,3 +93,48 @@ def test_without_a_linger_the_close_is_plain():
     conn.close()
     assert ours.fileno() == -1 and theirs.recv(10) == b""
     theirs.close()
+
+
+class FakeWorker:
+    def __init__(self):
+        self.cfg = SimpleNamespace(limit_request_field_size=8190, limit_request_fields=100, accesslog=None)
+        self.nr, self.max_requests, self.alive = 0, 1000, True
+
+    @staticmethod
+    def timeout_ctx():
+        return gevent.Timeout(5, False)
+
+
+def _served(request: bytes) -> tuple[list[dict], bytes | None]:
+    """The environs the app was called with on the fast path, and what was left for gunicorn."""
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(dict(environ))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+
+    path = FastPath(FakeWorker(), app, 1024, answers_itself)
+    ours, theirs = socket.socketpair()
+    theirs.sendall(request)
+    theirs.shutdown(socket.SHUT_WR)
+    try:
+        return seen, path.serve(ours, ("127.0.0.1", 80), ("127.0.0.1", 5))
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_exchange_form_is_served_with_gunicorns_paths_and_the_rest_handed_over():
+    head = b"POST /publish/a/amq.default/k%2Fx HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+    seen, rest = _served(head)
+    assert rest is None and len(seen) == 1  # answered here, then the client closed
+    assert seen[0]["RAW_URI"] == "/publish/a/amq.default/k%2Fx"  # as sent: the endpoint splits it
+    assert seen[0]["PATH_INFO"] == "/publish/a/amq.default/k/x"  # percent-decoded, as gunicorn's
+    assert seen[0]["wsgi.input"].read() == b"hi"
+    for not_ours in (b"POST /publish/a/amq.default/k?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+                     b"POST /publish/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",  # not the endpoint's
+                     b"POST /publish/a/b/c HTTP/1.0\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+                     b"GET /publish/a/b/c HTTP/1.1\r\nHost: x\r\n\r\n"):
+        seen, rest = _served(not_ours)
+        assert seen == [] and rest == not_ours, not_ours
