@@ -22,6 +22,7 @@ silently dropped.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -117,13 +118,13 @@ class Lane:
     def _first_connection(self, turn: Turn) -> tuple[_Held | None, tuple[GatewayError, str | None] | None]:
         """A connection of the first candidate that lends one, tried as ``_publish`` tries them; else the error.
 
-        (None, None): the oldest message's deadline passed first; the batch takes
-        the live ones and goes the ordinary way.
+        (None, None): the oldest message's deadline passed first, or nothing waits
+        any more; the batch takes what is live, if anything, and goes the ordinary way.
         """
         last: tuple[GatewayError, str | None] = (BrokerUnavailable("no broker is reachable"), None)
         for role, pool in self.candidates():
             remaining = turn.deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or remaining == math.inf:  # passed, or nothing waits (another flusher took it)
                 return None, None
             try:
                 return _Held(pool, pool.acquire(min(self.settings.pool_timeout, remaining), self.name)), None
