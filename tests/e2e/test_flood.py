@@ -213,3 +213,53 @@ def test_poison_stream_fails_only_the_poison(gateway, rabbit):
     assert sorted(set(found)) == [b"good", b"zmq-innocent"] and len(found) == innocents, "each innocent exactly once"
     assert b"poison" not in found and b"batch-innocent" not in found  # the batch was refused whole (400)
     assert percentile(health.latencies, 0.99) < HEALTH_P99
+
+
+def test_a_stream_of_poison_the_broker_refuses_fails_only_the_poison(gateway, rabbit):
+    # Poison no parser can know: each request to an exchange that does not exist (a new
+    # name each time) or with a user_id the broker refuses, so RabbitMQ closes a channel
+    # over each, while innocents publish concurrently over the same pooled connections
+    # (the exchange form and the plain /publish, sharing batches with the poison).
+    import gevent
+
+    gw = gateway()
+    queue = rabbit.queue("refused")
+    answers: dict[str, list[int]] = {"missing": [], "user_id": []}
+    stopping = False
+
+    def poison(worker: int) -> None:
+        sent = 0
+        while not stopping:
+            missing = f"/publish/a/test.missing.{worker}.{sent}/k"
+            answers["missing"].append(request(gw.port, "POST", missing, b"poison")[0])
+            answers["user_id"].append(request(gw.port, "POST", f"/publish/a/amq.default/{queue}", b"poison-user",
+                                              {"X-AMQP-User-Id": "mallory"})[0])
+            sent += 1
+            gevent.sleep(0.05)
+
+    exchange_form = f"/publish/a/amq.default/{queue}"
+    innocents = [Prober(lambda: get_status(gw.port, "POST", exchange_form, b"exchange-good", timeout=10) == 200, 0.0)
+                 for _ in range(4)]
+    innocents += [Prober(lambda: get_status(gw.port, "POST", "/publish", f"a|{queue}|good".encode(), timeout=10)
+                         == 200, 0.0) for _ in range(4)]
+    attackers = [gevent.spawn(poison, n) for n in range(2)]
+    time.sleep(ATTACK_SECONDS)
+    stopping = True
+    gevent.joinall(attackers, timeout=15, raise_error=True)
+    for prober in innocents:
+        prober.stop()
+    ok = sum(p.ok for p in innocents)
+    failed = sum(p.failed for p in innocents)
+    latencies = [s for p in innocents for s in p.latencies]
+    found = rabbit.bodies(queue)
+    refused = len(answers["missing"]) + len(answers["user_id"])
+    p99 = percentile(latencies, 0.99) * 1000
+    print(f"refused poison stream: {refused} poison answers {answers['missing'][:3]}..., {ok} innocents OK, "
+          f"{failed} not, p99 {p99:.1f} ms; queue {len(found)}")
+    report.record(f"broker-refused poison stream, {refused / ATTACK_SECONDS:.0f}/s to missing exchanges and with "
+                  f"refused user ids (innocents p99 {p99:.0f} ms)",
+                  {"sent": ok + failed, "acknowledged": ok, "found": len(found), "lost": max(ok - len(found), 0),
+                   "duplicated": max(len(found) - ok, 0)}, failed, None)
+    assert set(answers["missing"]) == {404} and set(answers["user_id"]) == {422}, answers
+    assert failed == 0
+    assert sorted(set(found)) == [b"exchange-good", b"good"] and len(found) == ok, "each innocent exactly once"
