@@ -111,9 +111,9 @@ POOL_LONGEST_WAIT = Gauge(
 )
 CONFIRM_SECONDS = Histogram(
     "gateway_confirm_duration_seconds",
-    "Round trip on one connection, once per batch (concurrent publishes share one): "
-    "from sending the batch to the broker's last confirm (or timeout).",
-    ["conn_id", "role"],
+    "Round trip on one connection of an endpoint's pool, once per batch (concurrent publishes of "
+    "its ids share one): from sending the batch to the broker's last confirm (or timeout).",
+    ["endpoint", "role"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SERVER_CONNECTIONS = Gauge(

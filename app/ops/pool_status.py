@@ -163,7 +163,9 @@ class PoolStatus:
             return
         path = snapshot_path(self.directory, snap["pid"])
         with open(path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(snap, handle)
+            # dumps, not dump: json.dump encodes in Python, chunk by chunk (with 1,000 ids ~4x
+            # the C encoder's time, in the worker's hub each second).
+            handle.write(json.dumps(snap))
         os.replace(path + ".tmp", path)
 
     def view(self) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def test_metrics_and_pools_add_up_over_two_workers(gateway_2w, rabbit):
     assert metric(samples, "gateway_publish_total", conn_id="m", outcome="unroutable") == unroutable
     assert metric(samples, "gateway_publish_duration_seconds_count", conn_id="m") == ok + unroutable
     # One confirm round trip per batch: concurrent publishes share one (group commit).
-    batches = metric(samples, "gateway_confirm_duration_seconds_count", conn_id="m", role="primary")
+    batches = metric(samples, "gateway_confirm_duration_seconds_count", endpoint=M_ENDPOINT, role="primary")
     assert 1 <= batches <= ok + unroutable
     assert metric(samples, "gateway_pool_open_connections", endpoint=M_ENDPOINT) == 4  # 2 workers x 2
     assert metric(samples, "gateway_pool_size", endpoint=M_ENDPOINT) == 4

@@ -41,10 +41,11 @@ def test_confirm_round_trip_is_observed_per_batch(start_gateway, rabbit):
     gw = start_gateway(make_settings({"rt": broker()}))
     wait_until(lambda: gw.ready, 5)
     queue = rabbit.queue()
-    before = _sample("gateway_confirm_duration_seconds_count", conn_id="rt", role="primary")
+    endpoint = gw.route("rt").pools[0].name
+    before = _sample("gateway_confirm_duration_seconds_count", endpoint=endpoint, role="primary")
     gw.publish("rt", queue, b"one")
     gw.publish_batch("rt", [(queue, b"%d" % i) for i in range(50)])
-    assert _sample("gateway_confirm_duration_seconds_count", conn_id="rt", role="primary") == before + 2
+    assert _sample("gateway_confirm_duration_seconds_count", endpoint=endpoint, role="primary") == before + 2
     assert rabbit.count(queue) == 51
 
 
