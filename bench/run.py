@@ -605,6 +605,7 @@ def main() -> None:
     (RESULTS / f"{results['when'].replace(':', '')}.json").write_text(text + "\n")
     chart(results, RESULTS / "latest.png")
     cost_curves.chart(results["cost_curves"], RESULTS / "cost_curves.png")
+    (RESULTS / "cost_curves.json").write_text(json.dumps(results["cost_curves"], indent=2) + "\n")  # as run alone
     print(table(results))
     print("\n" + cost_curves.table(results["cost_curves"]))
     print("\nratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
