@@ -87,7 +87,7 @@ _connection_seq = itertools.count(1)
 # that the user may not write to (ACCESS_REFUSED): the same for every message to it.
 EXCHANGE_REFUSALS = (404, 403)
 DEFAULT_EXCHANGE_ALIAS = "amq.default"
-TRIED_KINDS_MAX = 1024  # kinds of first use remembered per connection (forgotten together past it)
+TRIED_KINDS_MAX = 1024  # kinds of first use remembered per connection, the least recently used forgotten
 
 
 def process_tag() -> str:
@@ -181,8 +181,9 @@ class BrokerConnection:
         # Delivery tags in flight under a producer's own message id, oldest first:
         # a basic.return names only the message id, and RabbitMQ returns in publish order.
         self._own_ids: dict[str, deque[int]] = {}
-        # (exchange, user_id) that a message has been through the channel with (publish_batch).
-        self._tried: set[tuple[str, str | None]] = set()
+        # (exchange, user_id) that a message has been through the channel with (publish_batch),
+        # least recently used first.
+        self._tried: OrderedDict[tuple[str, str | None], None] = OrderedDict()
         self._probing = False  # a first use is in flight alone
         self._tag = 0
         self._closed = Event()
@@ -467,7 +468,10 @@ class BrokerConnection:
         if not exchange and user_id is None:
             return None  # the default exchange always exists and is written to by every user
         kind = (exchange, user_id)
-        return None if kind in self._tried else kind
+        if kind in self._tried:
+            self._tried.move_to_end(kind)
+            return None
+        return kind
 
     def _send_first_uses(self, messages: Sequence[Message], firsts: dict[tuple[str, str | None], list[int]],
                          timeout: float, mandatory: bool, persistent: bool) -> list[Outcome]:
@@ -504,9 +508,9 @@ class BrokerConnection:
                 send([probe], probe=True)
                 result = outcomes[probe]
                 if result is None or isinstance(result, (Unroutable, PublishNacked)):  # through, channel open
-                    if len(self._tried) >= TRIED_KINDS_MAX:
-                        self._tried.clear()
-                    self._tried.add(kind)
+                    self._tried[kind] = None
+                    if len(self._tried) > TRIED_KINDS_MAX:
+                        self._tried.popitem(last=False)
                     if indexes:
                         send(indexes)
                     break
