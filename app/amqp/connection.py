@@ -516,15 +516,14 @@ class BrokerConnection:
                     break
                 if not isinstance(result, ConnectionLost) or result.refused_code is None:
                     continue  # no news of its kind (lost, blocked, timed out): the rest go alone too
-                outcomes[probe] = ConnectionLost(result.detail, result.refused_code, result.refused_text,
-                                                 culprit=True)
+                culprit = outcomes[probe] = ConnectionLost(result.detail, result.refused_code, result.refused_text,
+                                                           culprit=True)
                 user_refused = kind[1] is not None and "user_id" in result.refused_text
                 if result.refused_code in EXCHANGE_REFUSALS or user_refused:
                     # The exchange is missing or not ours to write, or the user id is refused:
                     # so for every message of its kind (never sent).
                     for index in indexes:
-                        outcomes[index] = ConnectionLost(result.detail, result.refused_code, result.refused_text,
-                                                         culprit=True)
+                        outcomes[index] = culprit
                     break
                 # Anything else may be that message's own: each of the rest goes alone in turn.
         return outcomes

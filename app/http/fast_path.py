@@ -48,7 +48,6 @@ from gunicorn_h1c import ParseError, parse_to_wsgi_environ
 from app.http.client_guard import PENDING
 
 POST = b"POST /"
-PUBLISH = "/publish"
 HEAD_END = b"\r\n\r\n"
 RECV_SIZE = 65536
 _REFUSED = ("HTTP_TRANSFER_ENCODING", "HTTP_EXPECT", "HTTP_UPGRADE")
@@ -162,7 +161,7 @@ class FastPath:
             length_text = environ.get("CONTENT_LENGTH", "")
             path = environ["PATH_INFO"]  # as sent: gunicorn_h1c does not percent-decode it
             if (environ["QUERY_STRING"] or environ["SERVER_PROTOCOL"] != "HTTP/1.1"
-                    or not (path == PUBLISH or self.answers_itself(path)) or "#" in path
+                    or not self.answers_itself(path) or "#" in path
                     or not length_text.isdigit() or len(length_text) > 12
                     or any(key in environ for key in _REFUSED)
                     or environ.get("HTTP_CONNECTION", "keep-alive").lower() not in ("keep-alive", "close")

@@ -209,11 +209,7 @@ def test_a_body_far_over_the_limit_gets_its_413_not_a_reset(gateway, rabbit, fra
     else:
         data = post("/publish", f"Content-Length: {len(body)}\r\n", body)
     for _ in range(3):
-        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-            sock.sendall(data)  # a BrokenPipeError or ConnectionResetError here is the defect
-            out = b""
-            while chunk := sock.recv(65536):
-                out += chunk
+        out = raw(gateway.port, data, half_close=False)  # a BrokenPipeError or ConnectionResetError: the defect
         status, headers, error = answer(out)
         assert (status, error["error"], headers["connection"]) == (413, "body_too_large", "close"), error
     assert_nothing_published(gateway, rabbit, queue)
@@ -224,9 +220,5 @@ def test_gunicorns_own_error_answer_is_read_too_while_the_body_is_still_sent(gat
     # the socket buffers: gunicorn answers and the connection closes with a linger too.
     data = b"POST /publish HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\nContent-Length: 6291456\r\n\r\n" + b"x" * 6291456
     for _ in range(3):
-        with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-            sock.sendall(data)  # a BrokenPipeError or ConnectionResetError here is the defect
-            out = b""
-            while chunk := sock.recv(65536):
-                out += chunk
+        out = raw(gateway.port, data, half_close=False)  # a BrokenPipeError or ConnectionResetError: the defect
         assert out.startswith(b"HTTP/1.1 400"), out[:200]
